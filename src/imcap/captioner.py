@@ -1,0 +1,126 @@
+"""The Python API: `Captioner.load(path).caption(x)` for paths, PIL images, tensors or lists."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from imcap.checkpoint import load_checkpoint
+from imcap.data.images import image_to_tensor, load_image
+from imcap.data.vocab import Vocab
+from imcap.decoding import DecodeOptions, decode
+from imcap.errors import ImcapError
+from imcap.models.caption_model import CaptionModel, build_model, model_args_from_dict
+
+log = logging.getLogger(__name__)
+
+ImageLike = str | Path | Image.Image | torch.Tensor
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ImcapError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+class Captioner:
+    """A trained model, its vocabulary and decoding options, ready to caption images."""
+
+    def __init__(self, model: CaptionModel, vocab: Vocab, device: torch.device | str = "cpu", info: dict | None = None) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.vocab = vocab
+        self.info = info or {}
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> Captioner:
+        """Load a checkpoint file, or the best checkpoint of a run directory."""
+        ckpt = load_checkpoint(path)
+        try:
+            args = model_args_from_dict(ckpt["model_args"])
+            model = build_model(args, cnn_weights=None)
+            model.load_state_dict(ckpt["model"])
+            vocab = Vocab.from_dict(ckpt["vocab"])
+        except (KeyError, RuntimeError, TypeError) as exc:
+            raise ImcapError(f"{path}: checkpoint does not match this imcap's models ({str(exc).splitlines()[0][:120]})") from None
+        info = {k: ckpt.get(k) for k in ("iteration", "epoch", "best_score", "best_iteration", "options")}
+        info["metrics"] = (ckpt.get("history") or {}).get("best_metrics")
+        return cls(model, vocab, pick_device(device), info)
+
+    @property
+    def image_size(self) -> int:
+        """Side in pixels of the images the encoder reads."""
+        return self.model.encoder.input_size
+
+    def to_tensor(self, image: ImageLike) -> torch.Tensor:
+        """One image (path, PIL image, or float tensor (3, H, W) in [0, 1]) -> (3, S, S)."""
+        if isinstance(image, torch.Tensor):
+            if image.dim() != 3 or image.size(0) != 3:
+                raise ImcapError(f"image tensors must be (3, H, W), got {tuple(image.shape)}")
+            image = image.float()
+            if image.shape[1:] != (self.image_size, self.image_size):
+                image = torch.nn.functional.interpolate(image[None], size=(self.image_size,) * 2, mode="bilinear", align_corners=False)[0]
+            return image
+        if isinstance(image, Image.Image):
+            return image_to_tensor(image.convert("RGB"), self.image_size)
+        return image_to_tensor(load_image(image), self.image_size)
+
+    @torch.no_grad()
+    def caption_tensors(self, images: torch.Tensor, opts: DecodeOptions | None = None) -> list[list[tuple[str, float]]]:
+        """A batch (B, 3, S, S) -> for each image, `opts.n` (caption, log-probability) pairs."""
+        opts = opts or DecodeOptions()
+        feats = self.model.encode(images.to(self.device))
+        seqs, scores = decode(self.model.decoder, feats, opts)  # (B, n, L), (B, n)
+        return [[(self.vocab.decode(seqs[b, j].tolist()), float(scores[b, j])) for j in range(seqs.size(1))] for b in range(seqs.size(0))]
+
+    def caption(self, x: ImageLike | Sequence[ImageLike], beam_size: int = 1, max_length: int = 16, batch_size: int = 32, **decode_kwargs) -> str | list[str]:
+        """Caption one image (returns a string) or a list of images (returns a list of strings)."""
+        single = not isinstance(x, (list, tuple)) and not (isinstance(x, torch.Tensor) and x.dim() == 4)
+        items = [x] if single else list(x)
+        opts = DecodeOptions(beam_size=beam_size, max_length=max_length, **decode_kwargs)
+        out: list[str] = []
+        for start in range(0, len(items), batch_size):
+            batch = torch.stack([self.to_tensor(im) for im in items[start : start + batch_size]])
+            out += [caps[0][0] for caps in self.caption_tensors(batch, opts)]
+        return out[0] if single else out
+
+    def model_card(self) -> dict:
+        """Options, sizes and training metrics of the loaded model."""
+        return {"model_args": asdict(self.model.args), "vocab_size": len(self.vocab), **self.info}
+
+
+def caption_paths(captioner: Captioner, paths: Sequence[str], opts: DecodeOptions, batch_size: int = 32, progress: bool = True) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Caption files, folders and globs in batches; bad images are skipped.
+
+    Returns ([{"file", "caption", "score", "captions"}], [(file, problem) for each skipped file]).
+    """
+    from tqdm import tqdm
+
+    from imcap.data.images import find_images
+
+    files = find_images(list(paths))
+    results: list[dict] = []
+    skipped: list[tuple[str, str]] = []
+    bar = tqdm(total=len(files), desc="caption", unit="img", disable=not progress or len(files) < 2 * batch_size)
+    for start in range(0, len(files), batch_size):
+        tensors, names = [], []
+        for f in files[start : start + batch_size]:
+            try:
+                tensors.append(captioner.to_tensor(f))
+                names.append(str(f))
+            except ImcapError as exc:
+                skipped.append((str(f), str(exc)))
+                log.warning("skipped %s", exc)
+        if tensors:
+            for name, caps in zip(names, captioner.caption_tensors(torch.stack(tensors), opts)):
+                results.append({"file": name, "caption": caps[0][0], "score": caps[0][1], "captions": [c for c, _ in caps]})
+        bar.update(len(files[start : start + batch_size]))
+    bar.close()
+    return results, skipped

@@ -1,0 +1,200 @@
+"""The `imcap` command line: argparse subcommands, each calling one public function."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from imcap.errors import ImcapError
+
+log = logging.getLogger("imcap")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors in the imcap style (one line, exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"imcap: error: {message}\n")
+        sys.exit(2)
+
+
+# Each entry adds one subcommand to the parser; the handler is stored as `func`.
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def command(register: Callable[[argparse._SubParsersAction], None]) -> Callable[[argparse._SubParsersAction], None]:
+    """Decorator: remember a function that adds a subcommand."""
+    COMMANDS.append(register)
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the full `imcap` parser with every subcommand."""
+    parser = _Parser(prog="imcap", description="Train, evaluate and serve image-captioning models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for register in COMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `imcap` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        code = args.func(args)
+    except ImcapError as exc:
+        sys.stderr.write(f"imcap: error: {exc}\n")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write("imcap: interrupted\n")
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+# ---------------------------------------------------------------- subcommands
+# Keep one small `_add_<name>` function per subcommand below; the handler imports lazily so that
+# `imcap --help` stays fast.
+
+
+@command
+def _add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="write the built-in synthetic 'scenes' data set (images + captions.json)")
+    p.add_argument("--out", required=True, help="output directory (new, empty, or an earlier synth output)")
+    p.add_argument("--images", type=int, default=3000, help="number of images (default: 3000)")
+    p.add_argument("--seed", type=int, default=123, help="random seed; same seed, same bytes (default: 123)")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels, 64-128 (default: 64)")
+    p.set_defaults(func=_run_synth)
+
+
+def _run_synth(args) -> int:
+    from imcap.data.synth import generate_scenes
+
+    path = generate_scenes(args.out, num_images=args.images, seed=args.seed, image_size=args.size)
+    print(f"wrote {args.images} images and {path}")
+    return 0
+
+
+@command
+def _add_prepro(sub) -> None:
+    from imcap.data.prepro import PreproOptions
+    from imcap.options import add_dataclass_arguments
+
+    p = sub.add_parser("prepro", help="caption file (Karpathy/raw/Flickr8k/COCO/CSV/JSONL/synth) -> vocab + labels")
+    p.add_argument("--input", required=True, help="caption file or folder; format detected unless --format is given")
+    p.add_argument("--output-dir", required=True, help="folder for vocab.json, images.json and labels.npy")
+    add_dataclass_arguments(p, PreproOptions)
+    p.set_defaults(func=_run_prepro)
+
+
+def _run_prepro(args) -> int:
+    from imcap.data.prepro import PreproOptions, format_stats, prepro
+    from imcap.options import dataclass_from_args
+
+    opts = dataclass_from_args(PreproOptions, args)
+    stats = prepro(opts)
+    print(format_stats(stats))
+    print(f"wrote {opts.output_dir}/images.json, labels.npy, vocab.json")
+    return 0
+
+
+@command
+def _add_train(sub) -> None:
+    from imcap.options import add_dataclass_arguments
+    from imcap.train import TrainOptions
+
+    p = sub.add_parser("train", help="train a captioning model (neuraltalk2's train.lua options)")
+    add_dataclass_arguments(p, TrainOptions)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from imcap.options import dataclass_from_args
+    from imcap.train import TrainOptions, train
+
+    run = train(dataclass_from_args(TrainOptions, args))
+    print(f"run directory: {run}  (best checkpoint: {run / 'best.pt'})")
+    return 0
+
+
+@command
+def _add_eval(sub) -> None:
+    from imcap.evaluate import EvalOptions
+    from imcap.options import add_dataclass_arguments
+
+    p = sub.add_parser("eval", help="evaluate a model on a split: predictions, metrics JSON, HTML report")
+    add_dataclass_arguments(p, EvalOptions)
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from imcap.evaluate import EvalOptions, run_eval
+    from imcap.options import dataclass_from_args
+
+    metrics = run_eval(dataclass_from_args(EvalOptions, args))
+    for key in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "CIDEr_blind", "loss"):
+        if key in metrics:
+            print(f"{key:>12}  {metrics[key]:.4f}")
+    print(f"wrote {metrics['out']}/predictions.json, metrics.json, report.html")
+    return 0
+
+
+@command
+def _add_caption(sub) -> None:
+    p = sub.add_parser("caption", help="caption image files, folders or globs")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
+    p.add_argument("--model", required=True, help="run directory or checkpoint file")
+    p.add_argument("--beam-size", type=int, default=1, help="beam size (1: greedy)")
+    p.add_argument("--max-length", type=int, default=16, help="longest caption in words")
+    p.add_argument("-n", "--num-captions", type=int, default=1, help="captions per image")
+    p.add_argument("--sample", action="store_true", help="sample instead of searching")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely words (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.set_defaults(func=_run_caption)
+
+
+def _run_caption(args: argparse.Namespace) -> int:
+    import json
+
+    from imcap.captioner import Captioner, caption_paths
+    from imcap.decoding import DecodeOptions
+
+    captioner = Captioner.load(args.model, args.device)
+    opts = DecodeOptions(beam_size=args.beam_size, max_length=args.max_length, sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, n=args.num_captions)
+    results, skipped = caption_paths(captioner, args.paths, opts, args.batch_size)
+    if args.json:
+        print(json.dumps({"results": results, "skipped": [{"file": f, "error": e} for f, e in skipped]}, indent=2))
+    else:
+        for r in results:
+            print(f"{r['file']}\t{r['caption']}" if len(r["captions"]) == 1 else f"{r['file']}\t" + " | ".join(r["captions"]))
+    if skipped:
+        sys.stderr.write(f"imcap: skipped {len(skipped)} bad image(s) of {len(results) + len(skipped)}\n")
+    if not results:
+        sys.stderr.write("imcap: error: no image could be captioned\n")
+        return 2
+    return 0
+
+
+@command
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="synth -> prepro -> train -> eval -> caption -> report on the built-in scenes")
+    p.add_argument("--out", default="runs/demo", help="output directory")
+    p.add_argument("--images", type=int, default=3000, help="synthetic images")
+    p.add_argument("--max-iters", type=int, default=2500, help="training iterations")
+    p.add_argument("--seed", type=int, default=123, help="random seed")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from imcap.demo import run_demo
+
+    run_demo(args.out, args.images, args.max_iters, args.seed)
+    return 0

@@ -1,0 +1,1 @@
+"""Data: synthetic scenes, caption-file readers, vocabulary, image reading and batching."""

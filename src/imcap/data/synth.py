@@ -1,0 +1,547 @@
+"""The built-in synthetic "scenes" data set: coloured shapes on plain backgrounds, 5 captions each.
+
+Every image is drawn from a `Scene` (1-3 non-overlapping filled shapes with a colour, a size and a
+bounding box, on a plain, gradient or lightly noisy background). `describe_scene` turns a scene into
+5 different captions (several templates, synonyms, word orders and left/right/above/below relations
+that are only stated when the geometry is unambiguous). `generate_scenes` writes the images and a
+Karpathy-style captions.json; the same seed gives byte-identical files.
+
+Scene sampling, rendering and describing are separate steps so that another per-scene annotation
+(e.g. question/answer pairs) can be added next to `describe_scene` without touching the rest.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from imcap.data.vocab import tokenize
+from imcap.errors import ImcapError
+
+log = logging.getLogger(__name__)
+
+DATASET_NAME = "imcap-synth"
+FORMAT_VERSION = 1
+CAPTIONS_PER_IMAGE = 5
+MAX_CAPTION_WORDS = 16
+MIN_SIZE, MAX_SIZE = 64, 128
+MAX_IMAGES = 999_999
+
+SHAPES = ("circle", "square", "triangle", "cross")
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "orange": (250, 140, 20),
+    "yellow": (240, 220, 40),
+    "green": (40, 170, 60),
+    "blue": (30, 70, 230),
+    "purple": (150, 40, 190),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+}
+# Caption words naming each shape / size: the first is the usual one, the others are synonyms.
+SHAPE_WORDS: dict[str, tuple[str, ...]] = {
+    "circle": ("circle", "ball", "disc"),
+    "square": ("square", "box", "block"),
+    "triangle": ("triangle",),
+    "cross": ("cross", "plus sign"),
+}
+SIZE_WORDS: dict[str, tuple[str, ...]] = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
+# Muted mid-tone background bases, far from every object colour they are combined with.
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "gray": (128, 128, 128),
+    "slate": (112, 124, 140),
+    "sage": (130, 145, 120),
+    "sand": (160, 148, 118),
+    "taupe": (140, 125, 120),
+    "mauve": (145, 120, 140),
+    "teal": (95, 130, 130),
+    "khaki": (150, 150, 105),
+}
+BACKGROUND_KINDS = ("plain", "gradient", "noisy")
+MIN_CONTRAST = 100.0  # Euclidean RGB distance between an object colour and any background tone
+SIZE_FRACTION = {"small": 0.19, "large": 0.36}  # side of the shape's box / image side
+RELATION_MARGIN = 0.2  # centres must differ by this fraction of the image side along the relation's axis
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One filled shape; `bbox` is (x0, y0, x1, y1) in pixels, x1/y1 exclusive."""
+
+    shape: str
+    color: str
+    size: str
+    bbox: tuple[int, int, int, int]
+
+    @property
+    def center(self) -> tuple[float, float]:
+        """Return the (x, y) centre of the bounding box."""
+        x0, y0, x1, y1 = self.bbox
+        return (x0 + x1) / 2, (y0 + y1) / 2
+
+    def to_dict(self) -> dict:
+        """Return the JSON form stored in captions.json."""
+        return {"shape": self.shape, "color": self.color, "size": self.size, "bbox": list(self.bbox)}
+
+
+@dataclass(frozen=True)
+class Background:
+    """A background: `kind` is plain/gradient/noisy; `tones` are the base names of its two ends."""
+
+    kind: str
+    tones: tuple[str, str]
+    colors: tuple[tuple[int, int, int], tuple[int, int, int]]
+    direction: int  # gradient: 0 horizontal, 1 vertical, 2 diagonal
+    noise_seed: int
+
+    @property
+    def name(self) -> str:
+        """Return the short description stored in captions.json, e.g. "gradient sand-teal"."""
+        tones = self.tones[0] if self.tones[0] == self.tones[1] else f"{self.tones[0]}-{self.tones[1]}"
+        return f"{self.kind} {tones}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Everything needed to draw and describe one image."""
+
+    image_size: int
+    background: Background
+    objects: tuple[SceneObject, ...]
+
+
+# ------------------------------------------------------------------------------------------ sampling
+
+
+def _jittered(rng: np.random.Generator, rgb: tuple[int, int, int], amount: int) -> tuple[int, int, int]:
+    """Return `rgb` with every channel moved by at most `amount`."""
+    return tuple(int(c) for c in np.clip(np.array(rgb) + rng.integers(-amount, amount + 1, size=3), 0, 255))
+
+
+def _sample_background(rng: np.random.Generator) -> Background:
+    """Draw a background kind and its one or two tones."""
+    kind = BACKGROUND_KINDS[int(rng.integers(len(BACKGROUND_KINDS)))]
+    names = list(BACKGROUNDS)
+    first = names[int(rng.integers(len(names)))]
+    second = names[int(rng.integers(len(names)))] if kind == "gradient" else first
+    colors = (_jittered(rng, BACKGROUNDS[first], 12), _jittered(rng, BACKGROUNDS[second], 12))
+    return Background(kind, (first, second), colors, int(rng.integers(3)), int(rng.integers(2**31)))
+
+
+def _allowed_colors(background: Background) -> list[str]:
+    """Return the object colours that contrast with every tone of `background`."""
+    tones = np.array(background.colors, dtype=float)  # (2, 3)
+    return [
+        name for name, rgb in COLORS.items() if np.linalg.norm(tones - np.array(rgb), axis=1).min() >= MIN_CONTRAST
+    ]
+
+
+def _side(rng: np.random.Generator, size: str, image_size: int) -> int:
+    """Return the pixel side of a shape of `size` (small/large) with a +-1 px jitter."""
+    return int(round(SIZE_FRACTION[size] * image_size)) + int(rng.integers(-1, 2))
+
+
+def _gap_ok(box: tuple[int, int, int, int], others: list[tuple[int, int, int, int]], gap: int) -> bool:
+    """True when `box` stays at least `gap` pixels away from every box in `others`."""
+    x0, y0, x1, y1 = box
+    return all(x1 + gap <= a0 or a1 + gap <= x0 or y1 + gap <= b0 or b1 + gap <= y0 for a0, b0, a1, b1 in others)
+
+
+def _place_free(rng: np.random.Generator, sides: list[int], image_size: int) -> list[tuple] | None:
+    """Return one box per side anywhere in the image, apart from each other, or None when one did not fit."""
+    margin, gap = 2, max(3, image_size // 20)
+    boxes: list[tuple[int, int, int, int]] = []
+    for side in sides:
+        for _ in range(100):
+            x0 = int(rng.integers(margin, image_size - margin - side + 1))
+            y0 = int(rng.integers(margin, image_size - margin - side + 1))
+            box = (x0, y0, x0 + side, y0 + side)
+            if _gap_ok(box, boxes, gap):
+                boxes.append(box)
+                break
+        else:
+            return None
+    return boxes
+
+
+def _place_row(rng: np.random.Generator, sides: list[int], image_size: int) -> list[tuple] | None:
+    """Return boxes side by side on one horizontal line (random gaps), or None when they do not fit."""
+    margin, gap = 2, max(3, image_size // 20)
+    slack = image_size - 2 * margin - sum(sides) - gap * (len(sides) - 1)
+    if slack < 0:
+        return None
+    cuts = np.sort(rng.integers(0, slack + 1, size=len(sides)))  # extra space before each box
+    extra = np.diff(cuts, prepend=0)
+    line = int(rng.integers(margin + max(sides) // 2, image_size - margin - max(sides) // 2 + 1))
+    boxes, x = [], margin
+    for side, more in zip(sides, extra):
+        x += int(more)
+        y0 = min(max(line - side // 2 + int(rng.integers(-2, 3)), margin), image_size - margin - side)
+        boxes.append((x, y0, x + side, y0 + side))
+        x += side + gap
+    return boxes
+
+
+def _transpose(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Swap the x and y coordinates of a box."""
+    return box[1], box[0], box[3], box[2]
+
+
+def sample_scene(rng: np.random.Generator, image_size: int = 64) -> Scene:
+    """Draw a random scene: background, 1-3 objects of contrasting colours, sizes and positions.
+
+    No two objects share both colour and shape, so "the red circle" always names one object.
+    """
+    background = _sample_background(rng)
+    colors = _allowed_colors(background)
+    count = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
+    arrangement = ("free", "row", "column")[int(rng.choice(3, p=[0.4, 0.35, 0.25]))] if count > 1 else "free"
+    kinds = [(shape, color) for shape in SHAPES for color in colors]
+    while True:
+        sizes = [("small", "large")[int(rng.integers(2))] for _ in range(count)]
+        sides = [_side(rng, s, image_size) for s in sizes]
+        if arrangement == "free":
+            boxes = _place_free(rng, sides, image_size)
+        else:
+            boxes = _place_row(rng, sides, image_size)
+            if boxes is not None and arrangement == "column":
+                boxes = [_transpose(b) for b in boxes]
+        if boxes is None:
+            arrangement = "free"
+            continue
+        picked = rng.choice(len(kinds), size=count, replace=False)
+        objects = tuple(
+            SceneObject(shape=kinds[k][0], color=kinds[k][1], size=size, bbox=box)
+            for k, size, box in zip(picked, sizes, boxes)
+        )
+        return Scene(image_size, background, objects)
+
+
+# ----------------------------------------------------------------------------------------- rendering
+
+
+def _background_pixels(background: Background, image_size: int) -> np.ndarray:
+    """Return the (S, S, 3) uint8 background."""
+    first, second = (np.array(c, dtype=np.float64) for c in background.colors)
+    ramp = np.linspace(0.0, 1.0, image_size)
+    if background.kind == "gradient":
+        if background.direction == 0:
+            t = np.broadcast_to(ramp[None, :], (image_size, image_size))
+        elif background.direction == 1:
+            t = np.broadcast_to(ramp[:, None], (image_size, image_size))
+        else:
+            t = (ramp[None, :] + ramp[:, None]) / 2
+        pixels = first + (second - first) * t[:, :, None]  # (S, S, 3)
+    else:
+        pixels = np.broadcast_to(first, (image_size, image_size, 3)).copy()
+        if background.kind == "noisy":
+            noise = np.random.default_rng(background.noise_seed).normal(0.0, 6.0, size=(image_size, image_size, 1))
+            pixels = pixels + noise  # (S, S, 3): grey-level noise keeps the tone
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject) -> None:
+    """Fill `obj`'s shape so that its pixels span exactly its bounding box."""
+    x0, y0, x1, y1 = obj.bbox
+    xe, ye = x1 - 1, y1 - 1  # PIL's boxes include their last pixel
+    fill = COLORS[obj.color]
+    if obj.shape == "circle":
+        draw.ellipse((x0, y0, xe, ye), fill=fill)
+    elif obj.shape == "square":
+        draw.rectangle((x0, y0, xe, ye), fill=fill)
+    elif obj.shape == "triangle":
+        draw.polygon([((x0 + xe) // 2, y0), (xe, ye), (x0, ye)], fill=fill)
+    elif obj.shape == "cross":
+        thick = max(3, (x1 - x0) // 3)
+        cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+        draw.rectangle((x0, cy - thick // 2, xe, cy - thick // 2 + thick - 1), fill=fill)
+        draw.rectangle((cx - thick // 2, y0, cx - thick // 2 + thick - 1, ye), fill=fill)
+    else:
+        raise ValueError(f"unknown shape {obj.shape!r}")
+
+
+def render_scene(scene: Scene) -> Image.Image:
+    """Return the RGB image of `scene` (no anti-aliasing, so the same scene gives the same pixels)."""
+    image = Image.fromarray(_background_pixels(scene.background, scene.image_size), mode="RGB")
+    draw = ImageDraw.Draw(image)
+    for obj in scene.objects:
+        _draw_object(draw, obj)
+    return image
+
+
+# ---------------------------------------------------------------------------------------- describing
+
+
+def relation(a: SceneObject, b: SceneObject, image_size: int) -> str | None:
+    """Return "left", "right", "above" or "below" (a relative to b) when unambiguous, else None."""
+    dx = b.center[0] - a.center[0]
+    dy = b.center[1] - a.center[1]
+    margin = RELATION_MARGIN * image_size
+    if abs(dx) >= margin and abs(dy) <= 0.5 * abs(dx):
+        return "left" if dx > 0 else "right"
+    if abs(dy) >= margin and abs(dx) <= 0.5 * abs(dy):
+        return "above" if dy > 0 else "below"
+    return None
+
+
+def location(obj: SceneObject, image_size: int) -> str | None:
+    """Return where a lone object clearly is ("on the left", "in the top right corner", ...), else None."""
+    def band(value: float) -> str | None:
+        if value < 0.35 * image_size:
+            return "low"
+        if value > 0.65 * image_size:
+            return "high"
+        if 0.42 * image_size < value < 0.58 * image_size:
+            return "mid"
+        return None
+
+    cx, cy = obj.center
+    h, v = band(cx), band(cy)
+    horizontal = {"low": "left", "high": "right"}.get(h or "")
+    vertical = {"low": "top", "high": "bottom"}.get(v or "")
+    if horizontal and vertical:
+        return f"in the {vertical} {horizontal} corner"
+    if horizontal and v == "mid":
+        return f"on the {horizontal}"
+    if vertical and h == "mid":
+        return f"at the {vertical}"
+    if h == "mid" and v == "mid":
+        return "in the center"
+    return None
+
+
+_ONE = [
+    "{A}",
+    "there is {A}",
+    "a picture of {A}",
+    "an image with {A}",
+    "a single {a}",
+    "one {a}",
+    "only one shape : {A}",
+    "{A} alone",
+]
+_ONE_PLACED = ["{A} {loc}", "{loc} there is {A}", "{loc} : {A}"]
+_TWO = [
+    "{A} and {B}",
+    "there is {A} and {B}",
+    "two shapes : {A} and {B}",
+    "an image with {A} and {B}",
+    "a picture of {A} and {B}",
+    "{A} with {B}",
+    "two objects , {A} and {B}",
+]
+_LAYOUT = {  # reading_order's layout -> templates; {A} is left of / above {B} (and {B} of {C})
+    "left": [
+        "{A} to the left of {B}",
+        "{B} to the right of {A}",
+        "{A} is left of {B}",
+        "{B} is right of {A}",
+        "{A} next to {B}",
+        "{A} on the left and {B} on the right",
+    ],
+    "above": [
+        "{A} above {B}",
+        "{B} below {A}",
+        "{A} is over {B}",
+        "{B} under {A}",
+        "{A} at the top and {B} at the bottom",
+    ],
+    "row": ["{A} , {B} and {C} from left to right", "from left to right : {A} , {B} and {C}"],
+    "column": ["{A} , {B} and {C} from top to bottom", "from top to bottom : {A} , {B} and {C}"],
+}
+_THREE = [
+    "{A} , {B} and {C}",
+    "three shapes : {A} , {B} and {C}",
+    "there are three shapes : {A} , {B} and {C}",
+    "an image with {A} , {B} and {C}",
+    "a picture of {A} , {B} and {C}",
+    "three objects : {A} , {B} and {C}",
+]
+
+
+def _article(phrase: str) -> str:
+    """Return `phrase` with "a" or "an" in front."""
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _noun_phrase(rng: np.random.Generator, obj: SceneObject, with_size: bool) -> str:
+    """Return e.g. "large red circle" or "big red ball" (no article); synonyms are the minority."""
+    shape_words = SHAPE_WORDS[obj.shape]
+    shape = shape_words[0] if rng.random() < 0.8 else shape_words[int(rng.integers(len(shape_words)))]
+    words = [obj.color, shape]
+    if with_size:
+        size_words = SIZE_WORDS[obj.size]
+        words.insert(0, size_words[0] if rng.random() < 0.75 else size_words[int(rng.integers(len(size_words)))])
+    return " ".join(words)
+
+
+def reading_order(scene: Scene) -> tuple[list[SceneObject], str | None]:
+    """Return the objects in the order captions name them, and the layout that order follows.
+
+    Layouts: "left" / "above" (two objects, the first is clearly left of / above the second), "row" /
+    "column" (three objects clearly left to right / top to bottom), None (no clear layout; left to right).
+    """
+    by_x = sorted(scene.objects, key=lambda o: (o.center[0], o.center[1]))
+    by_y = sorted(scene.objects, key=lambda o: (o.center[1], o.center[0]))
+    if len(by_x) == 1:
+        return by_x, None
+    if all(relation(a, b, scene.image_size) == "left" for a, b in zip(by_x, by_x[1:])):
+        return by_x, "left" if len(by_x) == 2 else "row"
+    if all(relation(a, b, scene.image_size) == "above" for a, b in zip(by_y, by_y[1:])):
+        return by_y, "above" if len(by_y) == 2 else "column"
+    return by_x, None
+
+
+def _templates(scene: Scene, objects: list[SceneObject], layout: str | None) -> list[list[str]]:
+    """Return caption template groups: a specific group (relations, location) first, if any, then the generic one."""
+    if len(objects) == 1:
+        return [_ONE_PLACED, _ONE] if location(objects[0], scene.image_size) else [_ONE]
+    generic = _TWO if len(objects) == 2 else _THREE
+    return [_LAYOUT[layout], generic] if layout else [generic]
+
+
+def _fill(rng: np.random.Generator, template: str, objects: list[SceneObject], loc: str | None) -> str:
+    """Fill a template's {A}/{a}, {B}, {C}, {loc} slots, dropping size words if the caption gets too long."""
+    with_size = bool(rng.random() < 0.5)
+    for sized in (with_size, False):
+        phrases = [_noun_phrase(rng, obj, sized) for obj in objects]
+        slots = {"loc": loc or "", "a": phrases[0]}
+        slots.update({key: _article(p) for key, p in zip("ABC", phrases)})
+        caption = template.format(**slots)
+        if len(tokenize(caption)) <= MAX_CAPTION_WORDS:
+            break
+    return caption[0].upper() + caption[1:] + "."
+
+
+def describe_scene(scene: Scene, rng: np.random.Generator, count: int = CAPTIONS_PER_IMAGE) -> list[str]:
+    """Return `count` different captions of `scene` (raw text, capitalised, with a final period)."""
+    objects, layout = reading_order(scene)
+    loc = location(objects[0], scene.image_size) if len(objects) == 1 else None
+    groups = _templates(scene, objects, layout)
+    # The specific group (relations / locations) gives up to 3 captions, the generic group the rest.
+    order: list[str] = []
+    for i, group in enumerate(groups):
+        picked = [group[j] for j in rng.permutation(len(group))]
+        order += picked[:3] if i == 0 and len(groups) > 1 else picked
+    captions: list[str] = []
+    seen: set[tuple[str, ...]] = set()
+    for attempt in range(200):
+        template = order[attempt % len(order)]
+        caption = _fill(rng, template, objects, loc)
+        key = tuple(tokenize(caption))
+        if key not in seen:
+            seen.add(key)
+            captions.append(caption)
+            if len(captions) == count:
+                return captions
+    raise RuntimeError(f"could not write {count} different captions for {scene}")
+
+
+# ----------------------------------------------------------------------------------------- the files
+
+_IMAGE_NAME = re.compile(r"^\d{6}\.png$")
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse a path that is a file or a non-empty directory other than an earlier synth output."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ImcapError(f"{out_dir}: exists and is not a directory")
+    entries = {p.name for p in out_dir.iterdir()}
+    if not entries:
+        return
+    captions = out_dir / "captions.json"
+    if captions.is_file():
+        try:
+            if json.loads(captions.read_text(encoding="utf-8")).get("dataset") == DATASET_NAME:
+                return
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            pass
+    images = out_dir / "images"
+    # An interrupted run leaves only images/ with our file names in it (and maybe a half-written json).
+    if entries <= {"images", "captions.json.tmp"} and images.is_dir() and all(_IMAGE_NAME.match(p.name) for p in images.iterdir()):
+        return
+    raise ImcapError(f"{out_dir}: directory is not empty and is not an {DATASET_NAME} data set; choose another --out")
+
+
+def _clear_previous(out_dir: Path) -> None:
+    """Delete the files an earlier run wrote, so that a smaller run leaves no stale images."""
+    for name in ("captions.json", "captions.json.tmp"):
+        (out_dir / name).unlink(missing_ok=True)
+    images = out_dir / "images"
+    if images.is_dir():
+        for path in images.iterdir():
+            if _IMAGE_NAME.match(path.name):
+                path.unlink()
+
+
+def split_of(num_images: int, seed: int) -> list[str]:
+    """Return the deterministic 80/10/10 train/val/test split of `num_images` images."""
+    n_val = n_test = int(round(num_images * 0.1))
+    labels = np.array(["train"] * (num_images - n_val - n_test) + ["val"] * n_val + ["test"] * n_test)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5E1F]))
+    return [str(s) for s in labels[rng.permutation(num_images)]]
+
+
+def _validate(num_images: int, image_size: int) -> None:
+    """Raise ImcapError for an impossible image count or size."""
+    if not 1 <= num_images <= MAX_IMAGES:
+        raise ImcapError(f"--images: must be between 1 and {MAX_IMAGES}, got {num_images}")
+    if not MIN_SIZE <= image_size <= MAX_SIZE:
+        raise ImcapError(f"--size: must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {image_size}")
+
+
+def scene_rng(seed: int, index: int) -> np.random.Generator:
+    """Return the random generator of image `index` (independent of how many images are made)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, index]))
+
+
+def generate_scenes(
+    out_dir: str | Path, num_images: int = 3000, seed: int = 123, image_size: int = 64, progress: bool = True
+) -> Path:
+    """Write `num_images` synthetic scenes and their captions under `out_dir`; return the captions.json path."""
+    _validate(num_images, image_size)
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    try:
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImcapError(f"{out_dir}: cannot create directory ({exc.strerror})") from None
+    _clear_previous(out_dir)
+    splits = split_of(num_images, seed)
+    records = []
+    for index in tqdm(range(num_images), desc="synth", unit="img", disable=not progress):
+        rng = scene_rng(seed, index)
+        scene = sample_scene(rng, image_size)
+        filename = f"{index:06d}.png"
+        render_scene(scene).save(out_dir / "images" / filename, format="PNG")
+        sentences = [{"raw": raw, "tokens": tokenize(raw)} for raw in describe_scene(scene, rng)]
+        records.append({
+            "imgid": index,
+            "filepath": "images",
+            "filename": filename,
+            "split": splits[index],
+            "sentences": sentences,
+            "objects": [obj.to_dict() for obj in scene.objects],
+            "background": scene.background.name,
+        })
+    data = {
+        "dataset": DATASET_NAME,
+        "version": FORMAT_VERSION,
+        "seed": seed,
+        "image_size": image_size,
+        "images": records,
+    }
+    path = out_dir / "captions.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(tmp, path)
+    log.debug("wrote %d images and %d captions to %s", num_images, CAPTIONS_PER_IMAGE * num_images, out_dir)
+    return path

@@ -1,0 +1,133 @@
+"""Decoding for every decoder that implements the step interface (see models/show_tell.py).
+
+greedy, sampling (temperature, top-k, top-p) and beam search batched over the whole batch.
+All return token ids padded with <NULL> after <END>.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from imcap.data.vocab import END, NULL, START
+
+
+@dataclass
+class DecodeOptions:
+    """How to turn a model's step distribution into captions."""
+
+    beam_size: int = 1
+    max_length: int = 16
+    sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    length_penalty: float = 0.0
+    n: int = 1
+
+
+def _mask_special(logprobs: torch.Tensor) -> torch.Tensor:
+    """Forbid <NULL> and <START>, which are never valid outputs."""
+    logprobs = logprobs.clone()
+    logprobs[:, NULL] = float("-inf")
+    logprobs[:, START] = float("-inf")
+    return logprobs
+
+
+def _run(decoder, feats: torch.Tensor, max_length: int, choose: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feed back `choose(logprobs)` until every row said <END> or `max_length` + 1 steps."""
+    batch = feats.size(0)
+    state = decoder.init_state(feats)
+    tokens = torch.full((batch,), START, dtype=torch.long, device=feats.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=feats.device)
+    seqs, logps = [], []
+    for _ in range(max_length + 1):
+        logprobs, state = decoder.step(tokens, state)
+        logprobs = _mask_special(logprobs)  # (B, V+1)
+        tokens = choose(logprobs).masked_fill(done, NULL)  # (B,)
+        logps.append(logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1).masked_fill(done, 0.0))
+        seqs.append(tokens)
+        done = done | (tokens == END)
+        if bool(done.all()):
+            break
+    return torch.stack(seqs, 1), torch.stack(logps, 1)  # (B, L), (B, L)
+
+
+def greedy(decoder, feats: torch.Tensor, max_length: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the arg-max caption ids (B, L) and their log-probabilities (B, L)."""
+    return _run(decoder, feats, max_length, lambda lp: lp.argmax(dim=1))
+
+
+def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.size(1)), dim=1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=1, descending=True)
+        cum = sorted_logits.softmax(dim=1).cumsum(dim=1)
+        drop_sorted = cum - sorted_logits.softmax(dim=1) >= top_p  # keep the smallest set reaching top_p
+        drop = drop_sorted.scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample(decoder, feats: torch.Tensor, max_length: int = 16, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample captions; returns ids (B, L) and the model's log-probabilities of the sampled ids (B, L)."""
+
+    def choose(logprobs: torch.Tensor) -> torch.Tensor:
+        logits = _filter_top_k_top_p(logprobs.detach() / temperature, top_k, top_p)
+        return torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)
+
+    return _run(decoder, feats, max_length, choose)
+
+
+def beam_search(decoder, feats: torch.Tensor, beam_size: int = 3, max_length: int = 16, length_penalty: float = 0.0, n_best: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Beam search over the whole batch at once; returns ids (B, n_best, L) and scores (B, n_best).
+
+    Scores are summed log-probabilities, divided by ((5 + length) / 6) ** length_penalty when it is > 0.
+    """
+    batch, k = feats.size(0), beam_size
+    device = feats.device
+    state = decoder.select_state(decoder.init_state(feats), torch.arange(batch, device=device).repeat_interleave(k))
+    tokens = torch.full((batch * k,), START, dtype=torch.long, device=device)
+    scores = torch.full((batch, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # one live beam at the start, so the k beams do not repeat each other
+    seqs = torch.empty(batch, k, 0, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, k, dtype=torch.bool, device=device)
+    offsets = (torch.arange(batch, device=device) * k).unsqueeze(1)  # (B, 1)
+    for t in range(max_length + 1):
+        logprobs, state = decoder.step(tokens, state)
+        logprobs = _mask_special(logprobs).view(batch, k, -1)  # (B, k, V+1)
+        vocab = logprobs.size(2)
+        after_end = torch.full((vocab,), float("-inf"), device=device)
+        after_end[NULL] = 0.0  # a finished beam only continues with free <NULL>
+        logprobs = torch.where(finished.unsqueeze(2), after_end, logprobs)
+        top_scores, top_idx = (scores.unsqueeze(2) + logprobs).view(batch, -1).topk(k, dim=1)  # (B, k)
+        beam_idx, tokens2d = top_idx // vocab, top_idx % vocab
+        seqs = torch.cat([seqs.gather(1, beam_idx.unsqueeze(2).expand(-1, -1, t)), tokens2d.unsqueeze(2)], dim=2)
+        finished = finished.gather(1, beam_idx) | (tokens2d == END)
+        scores = top_scores
+        state = decoder.select_state(state, (beam_idx + offsets).view(-1))
+        tokens = tokens2d.view(-1)
+        if bool(finished.all()):
+            break
+    if length_penalty > 0:
+        lengths = (seqs != NULL).sum(dim=2).float()  # (B, k), <END> included
+        scores = scores / ((5.0 + lengths) / 6.0) ** length_penalty
+    order = scores.argsort(dim=1, descending=True)[:, :n_best]  # (B, n_best)
+    return seqs.gather(1, order.unsqueeze(2).expand(-1, -1, seqs.size(2))), scores.gather(1, order)
+
+
+@torch.no_grad()
+def decode(decoder, feats: torch.Tensor, opts: DecodeOptions, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return `opts.n` captions per image: ids (B, n, L) and scores (B, n) (summed log-probabilities)."""
+    if (opts.beam_size > 1 or opts.n > 1) and not opts.sample:  # n greedy copies would be identical
+        return beam_search(decoder, feats, max(opts.beam_size, opts.n), opts.max_length, opts.length_penalty, n_best=opts.n)
+    feats_n = feats.repeat_interleave(opts.n, dim=0)  # (B*n, E)
+    if opts.sample:
+        seqs, logps = sample(decoder, feats_n, opts.max_length, opts.temperature, opts.top_k, opts.top_p, generator)
+    else:
+        seqs, logps = greedy(decoder, feats_n, opts.max_length)
+    batch = feats.size(0)
+    return seqs.view(batch, opts.n, -1), logps.sum(dim=1).view(batch, opts.n)

@@ -1,0 +1,145 @@
+"""Evaluation of a caption model on a data split: loss, predictions, language metrics, blind baseline."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from imcap.data.loader import CaptionDataset, PreproData, ResumableSampler, make_loader
+from imcap.data.vocab import END, NULL, START, tokenize
+from imcap.decoding import DecodeOptions, decode
+from imcap.errors import ImcapError
+from imcap.models.caption_model import CaptionModel
+
+log = logging.getLogger(__name__)
+
+LANGUAGE_METRICS = ("Bleu", "METEOR", "ROUGE_L", "CIDEr")
+
+
+def teacher_forcing_batch(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels (B, n, L) (0-padded words) -> inputs (B, n, T) starting with <START>, targets (B*n, T) ending with <END>.
+
+    T = longest caption + 1; target positions after <END> hold <NULL> and are ignored by the loss.
+    """
+    lengths = (labels != NULL).sum(dim=2)  # (B, n)
+    t = int(lengths.max()) + 1
+    words = labels[:, :, : t - 1]  # (B, n, T-1)
+    start = torch.full_like(words[:, :, :1], START)
+    inputs = torch.cat([start, words], dim=2)  # (B, n, T)
+    targets = torch.cat([words, torch.zeros_like(start)], dim=2)  # (B, n, T)
+    targets.scatter_(2, lengths.unsqueeze(2), END)  # <END> right after the last word
+    return inputs, targets.flatten(0, 1)
+
+
+def caption_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over real target tokens (words and <END>), as neuraltalk2's criterion."""
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=NULL)
+
+
+def eval_loader(data: PreproData, split: str, image_size: int, seq_per_img: int, max_images: int, batch_size: int, num_workers: int = 0):
+    """An ordered loader over the first `max_images` images of `split` (all when <= 0)."""
+    indices = data.split_indices(split)
+    if max_images > 0:
+        indices = indices[:max_images]
+    dataset = CaptionDataset(data, indices, image_size, seq_per_img, seed=0)
+    return make_loader(dataset, batch_size, ResumableSampler(len(dataset), 0, shuffle=False), num_workers)
+
+
+@torch.no_grad()
+def evaluate_split(model: CaptionModel, data: PreproData, split: str, decode_opts: DecodeOptions, max_images: int = -1, batch_size: int = 32, seq_per_img: int = 5, device: torch.device | str = "cpu", language_eval: bool = True, progress: bool = True) -> dict:
+    """Return {"loss", "predictions": [{"image_id", "caption"}], "metrics": {...}} for a split."""
+    model.eval()
+    device = torch.device(device)
+    loader = eval_loader(data, split, model.encoder.input_size, seq_per_img, max_images, batch_size)
+    total_loss, batches, predictions = 0.0, 0, []
+    for images, labels, idx in tqdm(loader, desc=f"eval {split}", leave=False, disable=not progress):
+        images, labels = images.to(device), labels.to(device)
+        inputs, targets = teacher_forcing_batch(labels)
+        feats = model.encode(images)
+        logits = model.decoder(feats.repeat_interleave(inputs.size(1), dim=0), inputs.flatten(0, 1))
+        total_loss += float(caption_loss(logits, targets))
+        batches += 1
+        seqs, _ = decode(model.decoder, feats, decode_opts)
+        for b, i in enumerate(idx.tolist()):
+            predictions.append({"image_id": data.images[i]["id"], "caption": data.vocab.decode(seqs[b, 0].tolist())})
+    result = {"loss": total_loss / max(batches, 1), "predictions": predictions, "metrics": {}}
+    if language_eval and predictions:
+        refs = {im["id"]: im["captions"] for im in (data.images[i] for i in loader.dataset.indices)}
+        preds = {p["image_id"]: p["caption"] for p in predictions}
+        result["metrics"] = language_scores(refs, preds)
+    return result
+
+
+def language_scores(refs: dict, preds: dict, metrics: tuple[str, ...] = LANGUAGE_METRICS) -> dict[str, float]:
+    """BLEU/METEOR/ROUGE_L/CIDEr with imcap's pycocoevalcap-exact scorer (METEOR skipped without Java)."""
+    from imcap.metrics import score
+
+    return score(refs, preds, metrics=metrics)
+
+
+def most_frequent_caption(data: PreproData, split: str = "train") -> str:
+    """The most frequent (normalised) training caption: the blind baseline's answer for every image."""
+    counts = Counter(" ".join(tokenize(c)) for i in data.split_indices(split) for c in data.images[i]["captions"])
+    return counts.most_common(1)[0][0] if counts else ""
+
+
+def blind_cider(data: PreproData, split: str, indices: list[int] | None = None) -> tuple[str, float]:
+    """CIDEr of giving every image of `split` the most frequent training caption."""
+    caption = most_frequent_caption(data)
+    idx = indices if indices is not None else data.split_indices(split)
+    refs = {data.images[i]["id"]: data.images[i]["captions"] for i in idx}
+    return caption, language_scores(refs, {k: caption for k in refs}, ("CIDEr",))["CIDEr"]
+
+
+@dataclass
+class EvalOptions:
+    """Options of `imcap eval`."""
+
+    model: str = field(default="", metadata={"help": "run directory (its best checkpoint) or checkpoint file"})
+    data: str = field(default="", metadata={"help": "prepro directory (default: the one the model was trained on)"})
+    split: str = field(default="test", metadata={"help": "split to evaluate", "choices": ("train", "val", "test")})
+    beam_size: int = field(default=1, metadata={"help": "beam size (1: greedy)"})
+    length_penalty: float = field(default=0.0, metadata={"help": "beam length penalty alpha"})
+    max_images: int = field(default=-1, metadata={"help": "evaluate only the first N images (-1: all)"})
+    batch_size: int = field(default=32, metadata={"help": "images per batch"})
+    out: str = field(default="", metadata={"help": "output directory (default: RUN/eval-SPLIT)"})
+    html_images: int = field(default=60, metadata={"help": "images shown in the HTML report"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+def run_eval(opts: EvalOptions) -> dict:
+    """Evaluate a checkpoint on a split; write predictions.json, metrics.json and report.html; return the metrics."""
+    from imcap.captioner import Captioner
+    from imcap.checkpoint import atomic_write_json, resolve_checkpoint
+    from imcap.report import write_report
+
+    ckpt_path = resolve_checkpoint(opts.model)
+    captioner = Captioner.load(ckpt_path, opts.device)
+    data_dir = opts.data or (captioner.info.get("options") or {}).get("data", "")
+    if not data_dir:
+        raise ImcapError(f"{ckpt_path}: no --data given and the checkpoint does not name its data")
+    data = PreproData.load(data_dir)
+    if data.vocab.idx_to_word != captioner.vocab.idx_to_word:
+        raise ImcapError(f"{data_dir}: its vocabulary differs from the model's; evaluate with the data the model was trained on")
+    if not data.split_indices(opts.split):
+        raise ImcapError(f"{data_dir}: split {opts.split!r} is empty")
+    decode_opts = DecodeOptions(beam_size=opts.beam_size, max_length=data.max_length, length_penalty=opts.length_penalty)
+    result = evaluate_split(captioner.model, data, opts.split, decode_opts, opts.max_images, opts.batch_size, device=captioner.device, progress=opts.progress)
+    indices = data.split_indices(opts.split)[: opts.max_images] if opts.max_images > 0 else data.split_indices(opts.split)
+    blind_caption, blind = blind_cider(data, opts.split, indices)
+    metrics = {**result["metrics"], "CIDEr_blind": blind, "blind_caption": blind_caption, "loss": result["loss"], "split": opts.split, "images": len(result["predictions"]), "beam_size": opts.beam_size, "checkpoint": str(ckpt_path)}
+    out = Path(opts.out) if opts.out else ckpt_path.parent / f"eval-{opts.split}"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "predictions.json", result["predictions"])
+    atomic_write_json(out / "metrics.json", metrics)
+    by_id = {im["id"]: i for i, im in enumerate(data.images)}
+    items = [{"image": data.image_path(by_id[p["image_id"]]), "caption": p["caption"], "refs": data.images[by_id[p["image_id"]]]["captions"]} for p in result["predictions"][: opts.html_images]]
+    curves = ckpt_path.parent / "curves.png"
+    write_report(out / "report.html", f"imcap eval: {ckpt_path.parent.name} on {opts.split}", items, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, curves)
+    metrics["out"] = str(out)
+    return metrics

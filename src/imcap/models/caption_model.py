@@ -1,0 +1,77 @@
+"""CaptionModel: an image encoder plus a decoder, built from a plain `model_args` dict."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from imcap.errors import ImcapError
+from imcap.models.encoders import ImageEncoder, build_encoder
+from imcap.models.show_tell import ShowTell
+
+DECODERS = ("show_tell",)
+
+
+@dataclass
+class ModelArgs:
+    """Everything needed to rebuild a model; stored in checkpoints."""
+
+    model: str = "show_tell"
+    cnn: str = "small"
+    cnn_width: int = 32
+    image_size: int = 0  # 0: the CNN's own input size (64 small, 224 others)
+    input_encoding_size: int = 512
+    rnn_size: int = 512
+    num_layers: int = 1
+    rnn_type: str = "lstm"
+    drop_prob_lm: float = 0.5
+    vocab_size: int = 0
+
+
+class CaptionModel(nn.Module):
+    """Encoder (CNN backbone + head) and decoder; the backbone can be frozen per call."""
+
+    def __init__(self, encoder: ImageEncoder, decoder: nn.Module, args: ModelArgs) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.args = args
+
+    def encode(self, images: torch.Tensor, train_backbone: bool = True) -> torch.Tensor:
+        """Images (B, 3, S, S) in [0, 1] -> decoder features (B, E); no backbone gradient when frozen."""
+        with torch.set_grad_enabled(train_backbone and torch.is_grad_enabled()):
+            pooled = self.encoder.backbone.pool(self.encoder.grid(images))  # (B, feature_dim)
+        return self.encoder.head(pooled)  # (B, E)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, train_backbone: bool = True) -> torch.Tensor:
+        """Images (B, 3, S, S) and tokens (B, n, T) (n captions per image) -> logits (B*n, T, V+1)."""
+        feats = self.encode(images, train_backbone)  # (B, E): the CNN runs once per image
+        n = tokens.size(1)
+        return self.decoder(feats.repeat_interleave(n, dim=0), tokens.flatten(0, 1))
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The CNN backbone's parameters (neuraltalk2's `cnn_params`)."""
+        return list(self.encoder.backbone.parameters())
+
+    def language_parameters(self) -> list[nn.Parameter]:
+        """Everything else: the encoder head and the decoder."""
+        backbone = {id(p) for p in self.backbone_parameters()}
+        return [p for p in self.parameters() if id(p) not in backbone]
+
+
+def build_model(args: ModelArgs, cnn_weights: str | None = None) -> CaptionModel:
+    """Build a CaptionModel; `cnn_weights` as in `build_encoder` (None: random init)."""
+    if args.model not in DECODERS:
+        raise ImcapError(f"unknown model {args.model!r}; choose one of {', '.join(DECODERS)}")
+    if args.vocab_size <= 0:
+        raise ImcapError("model_args.vocab_size must be positive")
+    encoder = build_encoder(args.cnn, args.input_encoding_size, cnn_weights, args.cnn_width, args.image_size)
+    decoder = ShowTell(args.vocab_size, args.input_encoding_size, args.rnn_size, args.num_layers, args.drop_prob_lm, args.rnn_type)
+    return CaptionModel(encoder, decoder, args)
+
+
+def model_args_from_dict(raw: dict) -> ModelArgs:
+    """Inverse of `dataclasses.asdict(ModelArgs)`, ignoring unknown keys from newer versions."""
+    known = set(asdict(ModelArgs()))
+    return ModelArgs(**{k: v for k, v in raw.items() if k in known})

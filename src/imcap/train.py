@@ -1,0 +1,310 @@
+"""The training loop (neuraltalk2's train.lua): options, the loop, validation, exact resume."""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from imcap.checkpoint import BEST, LAST, atomic_write_json, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from imcap.captioner import pick_device
+from imcap.data.loader import CaptionDataset, PreproData, ResumableSampler, make_loader
+from imcap.decoding import DecodeOptions
+from imcap.errors import ImcapError
+from imcap.evaluate import caption_loss, evaluate_split, teacher_forcing_batch
+from imcap.models.caption_model import CaptionModel, ModelArgs, build_model, model_args_from_dict
+
+log = logging.getLogger(__name__)
+
+
+def _opt(default, help: str, **meta):
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class TrainOptions:
+    """Every option of neuraltalk2's train.lua (dash-named, same defaults) plus imcap's own."""
+
+    data: str = _opt("", "prepro directory written by `imcap prepro` (neuraltalk2: input_h5/input_json)")
+    checkpoint_path: str = _opt("runs/train", "run directory for checkpoints, history and curves")
+    resume: bool = _opt(False, "continue the run in --checkpoint-path exactly where it stopped")
+    start_from: str = _opt("", "initialise the weights from this checkpoint (a fresh run otherwise)")
+    # model
+    model: str = _opt("show_tell", "decoder architecture")
+    cnn: str = _opt("small", "image encoder: small (trains from scratch), vgg16, resnet50, resnet101 (neuraltalk2: cnn_proto/cnn_model)")
+    cnn_weights: str = _opt("imagenet", "CNN weights: imagenet (local torch cache), none (random), or a file path")
+    cnn_width: int = _opt(32, "channels of the small CNN's first layer")
+    image_size: int = _opt(0, "input side in pixels (0: the CNN's own, 64 small / 224 others)")
+    rnn_size: int = _opt(512, "hidden units of the RNN")
+    input_encoding_size: int = _opt(512, "size of word and image encodings")
+    num_layers: int = _opt(1, "RNN layers")
+    rnn_type: str = _opt("lstm", "RNN cell", choices=("lstm", "gru", "rnn"))
+    drop_prob_lm: float = _opt(0.5, "dropout in the language model")
+    # optimisation
+    max_iters: int = _opt(-1, "stop after this many iterations (-1: no limit)")
+    max_epochs: int = _opt(-1, "stop after this many epochs (-1: no limit)")
+    batch_size: int = _opt(16, "images per batch")
+    seq_per_img: int = _opt(5, "captions per image in a batch (the CNN runs once per image)")
+    grad_clip: float = _opt(0.1, "clip gradients to this value (elementwise) or norm (see --grad-clip-mode)")
+    grad_clip_mode: str = _opt("value", "value: elementwise clamp as neuraltalk2; norm: total-norm clipping", choices=("value", "norm"))
+    finetune_cnn_after: int = _opt(-1, "start fine-tuning a pretrained CNN after this iteration (-1: never; a CNN without pretrained weights always trains)")
+    optim: str = _opt("adam", "language model optimiser", choices=("adam", "sgd", "sgdm", "rmsprop", "adagrad"))
+    learning_rate: float = _opt(4e-4, "language model learning rate")
+    learning_rate_decay_start: int = _opt(-1, "iteration at which the learning rate starts halving (-1: never)")
+    learning_rate_decay_every: int = _opt(50000, "halve the learning rate every this many iterations")
+    optim_alpha: float = _opt(0.8, "adam beta1 / momentum / rmsprop alpha")
+    optim_beta: float = _opt(0.999, "adam beta2")
+    optim_epsilon: float = _opt(1e-8, "optimiser epsilon")
+    cnn_optim: str = _opt("adam", "CNN optimiser", choices=("adam", "sgd", "sgdm", "rmsprop", "adagrad"))
+    cnn_optim_alpha: float = _opt(0.8, "CNN optimiser beta1 / momentum")
+    cnn_optim_beta: float = _opt(0.999, "CNN adam beta2")
+    cnn_learning_rate: float = _opt(1e-5, "learning rate of a pretrained CNN when fine-tuning (a from-scratch CNN uses --learning-rate)")
+    cnn_weight_decay: float = _opt(0.0, "L2 weight decay of the CNN")
+    # evaluation and saving
+    val_images_use: int = _opt(3200, "validation images per evaluation (-1: all)")
+    save_checkpoint_every: int = _opt(2500, "validate and checkpoint every this many iterations")
+    language_eval: bool = _opt(False, "compute BLEU/METEOR/ROUGE_L/CIDEr on validation; keep the best checkpoint by CIDEr")
+    losses_log_every: int = _opt(25, "record the training loss every this many iterations")
+    max_loss_factor: float = _opt(3.0, "stop when the loss exceeds this times ln(vocabulary size) (exploding)")
+    seed: int = _opt(123, "random seed")
+    id: str = _opt("", "an id for this run, stored in its checkpoints")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    num_workers: int = _opt(0, "DataLoader worker processes")
+    progress: bool = _opt(True, "show a progress bar")
+
+
+RESUME_OVERRIDES = ("max_iters", "max_epochs", "device", "num_workers", "progress", "save_checkpoint_every", "resume")
+
+
+def _make_optimizer(name: str, params, lr: float, alpha: float, beta: float, eps: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(alpha, beta), eps=eps, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgdm":
+        return torch.optim.SGD(params, lr=lr, momentum=alpha, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay)
+    return torch.optim.Adagrad(params, lr=lr, eps=eps, weight_decay=weight_decay)
+
+
+def decayed_lr(base: float, iteration: int, start: int, every: int) -> float:
+    """neuraltalk2's schedule: halve every `every` iterations after `start` (continuous)."""
+    if start < 0 or iteration <= start:
+        return base
+    return base * 0.5 ** ((iteration - start) / every)
+
+
+def _clip(params: list[torch.nn.Parameter], value: float, mode: str) -> float:
+    """Clip gradients in place; return the total gradient norm before clipping."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+    if value > 0:
+        if mode == "norm":
+            torch.nn.utils.clip_grad_norm_(params, value)
+        else:
+            torch.nn.utils.clip_grad_value_(params, value)
+    return norm
+
+
+class Trainer:
+    """State of one training run: model, optimisers, position in the data, history."""
+
+    def __init__(self, opts: TrainOptions) -> None:
+        self.run = Path(opts.checkpoint_path)
+        ckpt = None
+        if (self.run / LAST).exists() and not opts.resume:
+            raise ImcapError(f"{self.run}: already holds a run; pass --resume to continue it or choose another --checkpoint-path")
+        if opts.resume:
+            if not (self.run / LAST).exists():
+                raise ImcapError(f"{self.run / LAST}: nothing to resume (no checkpoint yet)")
+            ckpt = load_checkpoint(self.run / LAST)
+            saved = {k: v for k, v in ckpt["options"].items() if k in {f.name for f in fields(TrainOptions)}}
+            opts = TrainOptions(**{**saved, **{k: getattr(opts, k) for k in RESUME_OVERRIDES}})
+        self.opts = opts
+        if not opts.data:
+            raise ImcapError("--data is required (a directory written by `imcap prepro`)")
+        self.data = PreproData.load(opts.data)
+        self.device = pick_device(opts.device)
+        torch.manual_seed(opts.seed)
+        random.seed(opts.seed)
+        np.random.seed(opts.seed % 2**32)
+        if ckpt is not None:
+            args = model_args_from_dict(ckpt["model_args"])
+            self.model = build_model(args, cnn_weights=None)
+        else:
+            args = ModelArgs(opts.model, opts.cnn, opts.cnn_width, opts.image_size, opts.input_encoding_size, opts.rnn_size, opts.num_layers, opts.rnn_type, opts.drop_prob_lm, self.data.vocab.vocab_size)
+            self.model = build_model(args, cnn_weights=None if opts.start_from else opts.cnn_weights)
+            self.model.args.image_size = self.model.encoder.input_size
+            if opts.start_from:
+                self.model.load_state_dict(load_checkpoint(opts.start_from)["model"])
+        if self.model.args.vocab_size != self.data.vocab.vocab_size:
+            raise ImcapError(f"{opts.data}: vocabulary ({self.data.vocab.vocab_size}) differs from the model's ({self.model.args.vocab_size})")
+        self.model.to(self.device)
+        self.cnn_from_scratch = not self.model.encoder.pretrained
+        self.optimizer = _make_optimizer(opts.optim, self.model.language_parameters(), opts.learning_rate, opts.optim_alpha, opts.optim_beta, opts.optim_epsilon)
+        cnn_lr = opts.learning_rate if self.cnn_from_scratch else opts.cnn_learning_rate
+        self.cnn_optimizer = _make_optimizer(opts.cnn_optim, self.model.backbone_parameters(), cnn_lr, opts.cnn_optim_alpha, opts.cnn_optim_beta, opts.optim_epsilon, opts.cnn_weight_decay)
+        self.iteration, self.epoch, self.position = 0, 0, 0
+        self.history: dict = {"train_loss": [], "val": [], "best_metrics": None}
+        self.best_score, self.best_iteration = -math.inf, -1
+        self.train_indices = self.data.split_indices("train")
+        if not self.train_indices:
+            raise ImcapError(f"{opts.data}: the train split is empty")
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.cnn_optimizer.load_state_dict(ckpt["cnn_optimizer"])
+            self.iteration, self.epoch, self.position = ckpt["iteration"], ckpt["epoch"], ckpt["position"]
+            self.history = ckpt["history"]
+            self.best_score, self.best_iteration = ckpt["best_score"], ckpt["best_iteration"]
+            set_rng_state(ckpt["rng"])
+            log.info("resumed %s at iteration %d (epoch %d)", self.run, self.iteration, self.epoch)
+        self.max_loss = opts.max_loss_factor * math.log(self.data.vocab.vocab_size + 1)
+
+    # ------------------------------------------------------------------ one step
+    def cnn_trains(self) -> bool:
+        """neuraltalk2's finetune_cnn_after; a CNN with no pretrained weights always trains."""
+        after = self.opts.finetune_cnn_after
+        return self.cnn_from_scratch or (after >= 0 and self.iteration >= after)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """One optimisation step on a batch; returns the loss."""
+        opts = self.opts
+        self.model.train()
+        train_cnn = self.cnn_trains()
+        if not train_cnn:
+            self.model.encoder.backbone.eval()  # frozen: BatchNorm statistics stay fixed too
+        images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        inputs, targets = teacher_forcing_batch(labels)  # (B, n, T), (B*n, T)
+        logits = self.model(images, inputs, train_backbone=train_cnn)  # (B*n, T, V+1)
+        loss = caption_loss(logits, targets)
+        value = float(loss.detach())
+        if not math.isfinite(value) or value > self.max_loss:
+            raise ImcapError(
+                f"iteration {self.iteration + 1}: loss is {value:.4g} ({'not finite' if not math.isfinite(value) else 'exploding'}); "
+                f"stopped. The last good checkpoint is {self.run / LAST if (self.run / LAST).exists() else 'not written yet'}; "
+                "try a lower --learning-rate or --grad-clip"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.cnn_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lr = decayed_lr(opts.learning_rate, self.iteration, opts.learning_rate_decay_start, opts.learning_rate_decay_every)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        _clip(self.model.language_parameters(), opts.grad_clip, opts.grad_clip_mode)
+        self.optimizer.step()
+        if train_cnn:
+            base = opts.learning_rate if self.cnn_from_scratch else opts.cnn_learning_rate
+            for group in self.cnn_optimizer.param_groups:
+                group["lr"] = decayed_lr(base, self.iteration, opts.learning_rate_decay_start, opts.learning_rate_decay_every) if self.cnn_from_scratch else base
+            _clip(self.model.backbone_parameters(), opts.grad_clip, opts.grad_clip_mode)
+            self.cnn_optimizer.step()
+        return value
+
+    # ------------------------------------------------------------------ saving
+    def validate(self) -> dict:
+        """Validation loss (and language metrics); updates history and the best score."""
+        opts = self.opts
+        decode_opts = DecodeOptions(max_length=self.data.max_length)
+        result = evaluate_split(self.model, self.data, "val", decode_opts, opts.val_images_use, batch_size=max(opts.batch_size, 32), seq_per_img=opts.seq_per_img, device=self.device, language_eval=opts.language_eval, progress=False)
+        entry = {"iteration": self.iteration, "epoch": self.epoch, "loss": result["loss"], **result["metrics"]}
+        self.history["val"].append(entry)
+        score = entry["CIDEr"] if opts.language_eval and "CIDEr" in entry else -entry["loss"]
+        improved = score > self.best_score
+        if improved:
+            self.best_score, self.best_iteration = score, self.iteration
+            self.history["best_metrics"] = entry
+        entry["best"] = improved
+        return entry
+
+    def checkpoint_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "model_args": asdict(self.model.args),
+            "vocab": self.data.vocab.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "cnn_optimizer": self.cnn_optimizer.state_dict(),
+            "iteration": self.iteration,
+            "epoch": self.epoch,
+            "position": self.position,
+            "rng": rng_state(),
+            "options": asdict(self.opts),
+            "history": self.history,
+            "best_score": self.best_score,
+            "best_iteration": self.best_iteration,
+        }
+
+    def save(self, best: bool) -> None:
+        """Write last.pt (and best.pt), history.json and curves.png, each atomically."""
+        ckpt = self.checkpoint_dict()
+        if best:
+            save_checkpoint(self.run / BEST, ckpt)
+        save_checkpoint(self.run / LAST, ckpt)  # last: a crash between the two keeps a consistent pair
+        atomic_write_json(self.run / "history.json", self.history)
+        from imcap.report import plot_history
+
+        plot_history(self.history, self.run / "curves.png")
+
+    def validate_and_save(self, bar: tqdm | None = None) -> None:
+        entry = self.validate()
+        self.save(best=entry["best"])
+        shown = {k: round(v, 4) for k, v in entry.items() if k in ("loss", "Bleu_4", "CIDEr")}
+        msg = f"iter {self.iteration}: val {shown}{' (best)' if entry['best'] else ''}"
+        (bar.write if bar is not None else log.info)(msg)
+
+    # ------------------------------------------------------------------ the loop
+    def done(self) -> bool:
+        o = self.opts
+        return (o.max_iters >= 0 and self.iteration >= o.max_iters) or (o.max_epochs >= 0 and self.epoch >= o.max_epochs)
+
+    def fit(self) -> Path:
+        """Train until --max-iters / --max-epochs; return the run directory."""
+        opts = self.opts
+        if opts.max_iters < 0 and opts.max_epochs < 0:
+            raise ImcapError("give --max-iters or --max-epochs (neuraltalk2 trained forever by default)")
+        self.run.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.run / "options.json", asdict(opts))
+        dataset = CaptionDataset(self.data, self.train_indices, self.model.encoder.input_size, opts.seq_per_img, opts.seed)
+        per_epoch = math.ceil(len(dataset) / opts.batch_size)
+        total = opts.max_iters if opts.max_iters >= 0 else per_epoch * opts.max_epochs
+        if opts.max_iters >= 0 and opts.max_epochs >= 0:
+            total = min(total, per_epoch * opts.max_epochs)
+        bar = tqdm(total=total, initial=min(self.iteration, total), desc="train", unit="it", disable=not opts.progress, dynamic_ncols=True)
+        start_time, running = time.time(), None
+        while not self.done():
+            dataset.epoch = self.epoch
+            sampler = ResumableSampler(len(dataset), opts.seed, self.epoch, self.position)
+            for images, labels, _ in make_loader(dataset, opts.batch_size, sampler, opts.num_workers):
+                loss = self.train_step(images, labels)
+                self.iteration += 1
+                self.position += images.size(0)
+                running = loss if running is None else 0.95 * running + 0.05 * loss
+                if self.iteration % opts.losses_log_every == 0:
+                    self.history["train_loss"].append({"iteration": self.iteration, "loss": loss, "time": time.time() - start_time})
+                bar.update(1)
+                bar.set_postfix(loss=f"{running:.3f}", epoch=self.epoch)
+                if self.iteration % opts.save_checkpoint_every == 0 or self.done():
+                    self.validate_and_save(bar)
+                if self.done():
+                    break
+            else:
+                self.epoch += 1
+                self.position = 0
+                if self.done() and self.iteration % opts.save_checkpoint_every != 0:
+                    self.validate_and_save(bar)
+        bar.close()
+        if not (self.run / LAST).exists():
+            self.validate_and_save()
+        return self.run
+
+
+def train(opts: TrainOptions) -> Path:
+    """Train a captioning model with `opts`; return the run directory."""
+    return Trainer(opts).fit()
