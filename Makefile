@@ -12,11 +12,11 @@ $(BIN)/python:
 
 # Reinstall only when pyproject.toml changes (torch is a 5.5 GB build: never fetch it twice).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[serve]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,serve]'
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed

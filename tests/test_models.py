@@ -25,10 +25,11 @@ def test_show_tell_dropout_and_shapes():
 
 
 @pytest.mark.parametrize("rnn_type", ["lstm", "gru", "rnn"])
-def test_forward_matches_step_by_step(rnn_type):
+@pytest.mark.parametrize("image_input", ["first", "every"])
+def test_forward_matches_step_by_step(rnn_type, image_input):
     """The fused teacher-forcing pass equals feeding the same tokens one step at a time."""
     torch.manual_seed(0)
-    m = ShowTell(15, 6, 10, num_layers=2, rnn_type=rnn_type).eval()
+    m = ShowTell(15, 6, 10, num_layers=2, rnn_type=rnn_type, image_input=image_input).eval()
     feats, tokens = torch.randn(4, 6), torch.randint(1, 16, (4, 5))
     fused = torch.log_softmax(m(feats, tokens), -1)
     state = m.init_state(feats)

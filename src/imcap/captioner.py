@@ -69,7 +69,7 @@ class Captioner:
                 image = torch.nn.functional.interpolate(image[None], size=(self.image_size,) * 2, mode="bilinear", align_corners=False)[0]
             return image
         if isinstance(image, Image.Image):
-            return image_to_tensor(image.convert("RGB"), self.image_size)
+            return image_to_tensor(image, self.image_size)
         return image_to_tensor(load_image(image), self.image_size)
 
     @torch.no_grad()

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
 from imcap.errors import ImcapError
 
 log = logging.getLogger("imcap")
+
+# Read by OpenMP when torch loads: sleeping (not spinning) idle threads keeps small ops fast on shared cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,8 +108,8 @@ def _run_prepro(args) -> int:
 
 @command
 def _add_train(sub) -> None:
+    from imcap.config import TrainOptions
     from imcap.options import add_dataclass_arguments
-    from imcap.train import TrainOptions
 
     p = sub.add_parser("train", help="train a captioning model (neuraltalk2's train.lua options)")
     add_dataclass_arguments(p, TrainOptions)
@@ -113,8 +117,9 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from imcap.config import TrainOptions
     from imcap.options import dataclass_from_args
-    from imcap.train import TrainOptions, train
+    from imcap.train import train
 
     run = train(dataclass_from_args(TrainOptions, args))
     print(f"run directory: {run}  (best checkpoint: {run / 'best.pt'})")
@@ -123,7 +128,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 @command
 def _add_eval(sub) -> None:
-    from imcap.evaluate import EvalOptions
+    from imcap.config import EvalOptions
     from imcap.options import add_dataclass_arguments
 
     p = sub.add_parser("eval", help="evaluate a model on a split: predictions, metrics JSON, HTML report")
@@ -132,7 +137,8 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from imcap.evaluate import EvalOptions, run_eval
+    from imcap.config import EvalOptions
+    from imcap.evaluate import run_eval
     from imcap.options import dataclass_from_args
 
     metrics = run_eval(dataclass_from_args(EvalOptions, args))
@@ -188,7 +194,7 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="synth -> prepro -> train -> eval -> caption -> report on the built-in scenes")
     p.add_argument("--out", default="runs/demo", help="output directory")
     p.add_argument("--images", type=int, default=3000, help="synthetic images")
-    p.add_argument("--max-iters", type=int, default=2500, help="training iterations")
+    p.add_argument("--max-iters", type=int, default=1500, help="training iterations")
     p.add_argument("--seed", type=int, default=123, help="random seed")
     p.set_defaults(func=_run_demo)
 
@@ -198,3 +204,168 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     run_demo(args.out, args.images, args.max_iters, args.seed)
     return 0
+
+
+@command
+def _add_serve(sub) -> None:
+    from imcap.options import add_dataclass_arguments
+    from imcap.serve.settings import ServeSettings
+
+    p = sub.add_parser("serve", help="caption (and search) over HTTP, with a web page; IMCAP_API_KEY turns on a Bearer key")
+    p.add_argument("--model", required=True, help="run directory or checkpoint file")
+    p.add_argument("--search-index", default=None, help="search index to load for POST /v1/search")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    add_dataclass_arguments(p, ServeSettings)
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from imcap.options import dataclass_from_args
+    from imcap.serve.settings import ServeSettings
+
+    try:
+        from imcap.serve.app import run_server
+    except ModuleNotFoundError as exc:
+        raise ImcapError(f"imcap serve needs the serve extra ({exc.name} is missing): pip install 'imcap[serve]'") from None
+    settings = dataclass_from_args(ServeSettings, args, api_key=os.environ.get("IMCAP_API_KEY"))
+    run_server(args.model, settings, args.host, args.port, args.device, args.search_index)
+    return 0
+
+
+@command
+def _add_search(sub) -> None:
+    from imcap.options import add_dataclass_arguments
+    from imcap.search.options import MODELS, SearchTrainOptions
+
+    p = sub.add_parser("search", help="natural-language image search: train/eval GNA-RNN or a dual encoder, index, query")
+    ss = p.add_subparsers(dest="search_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    ss.required = True
+    t = ss.add_parser("train", help=f"train a text -> image search model ({', '.join(MODELS)})")
+    add_dataclass_arguments(t, SearchTrainOptions)
+    t.set_defaults(func=_run_search_train)
+    e = ss.add_parser("eval", help="text -> image top-1/5/10 accuracy and mAP on a split")
+    e.add_argument("--model", required=True, help="search run directory or checkpoint file")
+    e.add_argument("--data", default="", help="data to evaluate on (default: the data the model was trained on)")
+    e.add_argument("--split", default="test", choices=("train", "val", "test"), help="split (default: test)")
+    e.add_argument("--max-images", type=int, default=-1, help="gallery size: the first N images of the split (-1: all)")
+    e.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    e.add_argument("--out", default="", help="folder for metrics.json")
+    e.add_argument("--json", action="store_true", help="print JSON")
+    e.set_defaults(func=_run_search_eval)
+    i = ss.add_parser("index", help="embed image files/folders/globs into a search index (created or appended to)")
+    i.add_argument("--model", required=True, help="search run directory or checkpoint file")
+    i.add_argument("--images", required=True, nargs="+", metavar="PATH", help="image files, folders or glob patterns")
+    i.add_argument("--out", required=True, help="index folder (created, or appended to when it exists)")
+    i.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    i.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    i.set_defaults(func=_run_search_index)
+    q = ss.add_parser("query", help="the images of an index that best match a sentence")
+    q.add_argument("text", nargs="+", help="the sentence, e.g. \"a man in a red jacket\"")
+    q.add_argument("--index", required=True, help="index folder written by `imcap search index`")
+    q.add_argument("-k", type=int, default=10, help="number of hits (default: 10)")
+    q.add_argument("--html", default="", help="also write an HTML page of the hits here")
+    q.add_argument("--model", default=None, help="check that the index was built with this model")
+    q.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=_run_search_query)
+
+
+def _run_search_train(args: argparse.Namespace) -> int:
+    from imcap.options import dataclass_from_args
+    from imcap.search.options import SearchTrainOptions
+    from imcap.search.train import train_search
+
+    run = train_search(dataclass_from_args(SearchTrainOptions, args))
+    print(f"run directory: {run}  (best checkpoint: {run / 'best.pt'})")
+    return 0
+
+
+def _run_search_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from imcap.search.evaluate import run_search_eval
+
+    m = run_search_eval(args.model, args.data, args.split, args.max_images, args.batch_size, args.device, args.out)
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    print(f"{m['kind']} model, {m['split']} split: {m['queries']} queries, gallery {m['gallery']} images ({m['identities']} identities)")
+    for key in ("top1", "top5", "top10", "mAP"):
+        print(f"{key:>6}  {100 * m[key]:.2f}%")
+    if args.out:
+        print(f"wrote {args.out}/metrics.json")
+    return 0
+
+
+def _run_search_index(args: argparse.Namespace) -> int:
+    from imcap.search.index import build_index
+
+    r = build_index(args.model, args.images, args.out, args.batch_size, args.device)
+    print(f"{r.path}: added {r.added} image(s), {r.already} already indexed, {r.total} in total")
+    if r.skipped:
+        sys.stderr.write(f"imcap: skipped {len(r.skipped)} bad image(s) (first: {r.skipped[0][1]})\n")
+    return 0
+
+
+def _run_search_query(args: argparse.Namespace) -> int:
+    import json
+
+    from imcap.search.index import load_index, write_hits_html
+
+    text = " ".join(args.text)
+    index = load_index(args.index, args.device, args.model)
+    hits = index.query(text, args.k)
+    if args.json:
+        print(json.dumps({"query": text, "kind": index.kind, "hits": [{"path": p, "score": s} for p, s in hits]}, indent=2))
+    else:
+        for rank, (path, score) in enumerate(hits, 1):
+            print(f"{rank:>3}  {score:.4f}  {path}")
+    if args.html:
+        write_hits_html(args.html, text, hits, index.kind)
+        sys.stderr.write(f"wrote {args.html}\n")
+    return 0
+
+
+@command
+def _add_reference(sub) -> None:
+    from imcap.options import add_dataclass_arguments
+    from imcap.reference.options import CELLS, ReferenceTrainOptions
+
+    p = sub.add_parser("reference", help="the NumPy reference engine (cs231n RNN/LSTM/GRU captioning): gradcheck, train")
+    ref = p.add_subparsers(dest="reference_command", metavar="COMMAND", parser_class=_Parser)
+    ref.required = True
+    g = ref.add_parser("gradcheck", help="print the relative error of every layer's and model's gradients")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random check inputs (default: 0)")
+    g.add_argument("--cell", nargs="+", default=list(CELLS), choices=CELLS, help="model cell types to check (default: all)")
+    g.set_defaults(func=_run_reference_gradcheck)
+    t = ref.add_parser("train", help="overfit a small set; print the loss curve and greedy samples")
+    add_dataclass_arguments(t, ReferenceTrainOptions)
+    t.set_defaults(func=_run_reference_train)
+
+
+def _single_threaded_blas() -> None:
+    # The reference engine's matrices are small: BLAS threads only contend for shared cores (about 4x slower).
+    import os
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def _run_reference_gradcheck(args: argparse.Namespace) -> int:
+    _single_threaded_blas()
+    from imcap.reference.cli_reference import run_gradcheck
+
+    return run_gradcheck(args.seed, tuple(args.cell))
+
+
+def _run_reference_train(args: argparse.Namespace) -> int:
+    _single_threaded_blas()
+    from imcap.options import dataclass_from_args
+    from imcap.reference.cli_reference import run_train
+    from imcap.reference.options import ReferenceTrainOptions
+
+    return run_train(dataclass_from_args(ReferenceTrainOptions, args))

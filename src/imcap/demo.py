@@ -11,14 +11,15 @@ from imcap.checkpoint import LAST, atomic_write_json
 log = logging.getLogger(__name__)
 
 
-def run_demo(out: str | Path = "runs/demo", images: int = 3000, max_iters: int = 2500, seed: int = 123, progress: bool = True) -> dict:
+def run_demo(out: str | Path = "runs/demo", images: int = 3000, max_iters: int = 1500, seed: int = 123, progress: bool = True) -> dict:
     """Run the whole pipeline on the synthetic scenes; return the test metrics (also in OUT/metrics.json)."""
     from imcap.captioner import Captioner, caption_paths
     from imcap.data.prepro import PreproOptions, prepro
     from imcap.data.synth import generate_scenes
     from imcap.decoding import DecodeOptions
-    from imcap.evaluate import EvalOptions, run_eval
-    from imcap.train import TrainOptions, train
+    from imcap.config import EvalOptions, TrainOptions
+    from imcap.evaluate import run_eval
+    from imcap.train import train
 
     out = Path(out)
     t0 = time.time()
@@ -29,7 +30,7 @@ def run_demo(out: str | Path = "runs/demo", images: int = 3000, max_iters: int =
     prepro(PreproOptions(input=str(synth_dir), output_dir=str(data_dir)))
     log.info("[3/5] train small CNN + LSTM -> %s", run_dir)
     opts = TrainOptions(
-        data=str(data_dir), checkpoint_path=str(run_dir), resume=(run_dir / LAST).exists(), cnn="small",
+        data=str(data_dir), checkpoint_path=str(run_dir), resume=(run_dir / LAST).exists(), cnn="small", image_input="every",
         input_encoding_size=256, rnn_size=256, drop_prob_lm=0.2, learning_rate=1e-3, max_iters=max_iters,
         save_checkpoint_every=500, val_images_use=300, language_eval=True, seed=seed, progress=progress,
         learning_rate_decay_start=max_iters // 2, learning_rate_decay_every=max_iters // 4,

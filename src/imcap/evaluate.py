@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from imcap.config import EvalOptions
 from imcap.data.loader import CaptionDataset, PreproData, ResumableSampler, make_loader
 from imcap.data.vocab import END, NULL, START, tokenize
 from imcap.decoding import DecodeOptions, decode
@@ -93,23 +93,6 @@ def blind_cider(data: PreproData, split: str, indices: list[int] | None = None) 
     idx = indices if indices is not None else data.split_indices(split)
     refs = {data.images[i]["id"]: data.images[i]["captions"] for i in idx}
     return caption, language_scores(refs, {k: caption for k in refs}, ("CIDEr",))["CIDEr"]
-
-
-@dataclass
-class EvalOptions:
-    """Options of `imcap eval`."""
-
-    model: str = field(default="", metadata={"help": "run directory (its best checkpoint) or checkpoint file"})
-    data: str = field(default="", metadata={"help": "prepro directory (default: the one the model was trained on)"})
-    split: str = field(default="test", metadata={"help": "split to evaluate", "choices": ("train", "val", "test")})
-    beam_size: int = field(default=1, metadata={"help": "beam size (1: greedy)"})
-    length_penalty: float = field(default=0.0, metadata={"help": "beam length penalty alpha"})
-    max_images: int = field(default=-1, metadata={"help": "evaluate only the first N images (-1: all)"})
-    batch_size: int = field(default=32, metadata={"help": "images per batch"})
-    out: str = field(default="", metadata={"help": "output directory (default: RUN/eval-SPLIT)"})
-    html_images: int = field(default=60, metadata={"help": "images shown in the HTML report"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
 def run_eval(opts: EvalOptions) -> dict:

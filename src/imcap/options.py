@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from typing import Any, TypeVar
 
@@ -28,7 +29,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         origin = typing.get_origin(kind)
         args = [a for a in typing.get_args(kind) if a is not type(None)]
-        if origin is typing.Union or str(origin) == "types.UnionType":
+        if origin is typing.Union or origin is types.UnionType:
             kind = args[0]
         elif origin is list:
             kwargs["nargs"] = "*"

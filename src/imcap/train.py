@@ -5,78 +5,23 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from imcap.checkpoint import BEST, LAST, atomic_write_json, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imcap.captioner import pick_device
+from imcap.checkpoint import BEST, LAST, atomic_write_json, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from imcap.config import TrainOptions
 from imcap.data.loader import CaptionDataset, PreproData, ResumableSampler, make_loader
 from imcap.decoding import DecodeOptions
 from imcap.errors import ImcapError
 from imcap.evaluate import caption_loss, evaluate_split, teacher_forcing_batch
-from imcap.models.caption_model import CaptionModel, ModelArgs, build_model, model_args_from_dict
+from imcap.models.caption_model import ModelArgs, build_model, model_args_from_dict
 
 log = logging.getLogger(__name__)
-
-
-def _opt(default, help: str, **meta):
-    return field(default=default, metadata={"help": help, **meta})
-
-
-@dataclass
-class TrainOptions:
-    """Every option of neuraltalk2's train.lua (dash-named, same defaults) plus imcap's own."""
-
-    data: str = _opt("", "prepro directory written by `imcap prepro` (neuraltalk2: input_h5/input_json)")
-    checkpoint_path: str = _opt("runs/train", "run directory for checkpoints, history and curves")
-    resume: bool = _opt(False, "continue the run in --checkpoint-path exactly where it stopped")
-    start_from: str = _opt("", "initialise the weights from this checkpoint (a fresh run otherwise)")
-    # model
-    model: str = _opt("show_tell", "decoder architecture")
-    cnn: str = _opt("small", "image encoder: small (trains from scratch), vgg16, resnet50, resnet101 (neuraltalk2: cnn_proto/cnn_model)")
-    cnn_weights: str = _opt("imagenet", "CNN weights: imagenet (local torch cache), none (random), or a file path")
-    cnn_width: int = _opt(32, "channels of the small CNN's first layer")
-    image_size: int = _opt(0, "input side in pixels (0: the CNN's own, 64 small / 224 others)")
-    rnn_size: int = _opt(512, "hidden units of the RNN")
-    input_encoding_size: int = _opt(512, "size of word and image encodings")
-    num_layers: int = _opt(1, "RNN layers")
-    rnn_type: str = _opt("lstm", "RNN cell", choices=("lstm", "gru", "rnn"))
-    drop_prob_lm: float = _opt(0.5, "dropout in the language model")
-    # optimisation
-    max_iters: int = _opt(-1, "stop after this many iterations (-1: no limit)")
-    max_epochs: int = _opt(-1, "stop after this many epochs (-1: no limit)")
-    batch_size: int = _opt(16, "images per batch")
-    seq_per_img: int = _opt(5, "captions per image in a batch (the CNN runs once per image)")
-    grad_clip: float = _opt(0.1, "clip gradients to this value (elementwise) or norm (see --grad-clip-mode)")
-    grad_clip_mode: str = _opt("value", "value: elementwise clamp as neuraltalk2; norm: total-norm clipping", choices=("value", "norm"))
-    finetune_cnn_after: int = _opt(-1, "start fine-tuning a pretrained CNN after this iteration (-1: never; a CNN without pretrained weights always trains)")
-    optim: str = _opt("adam", "language model optimiser", choices=("adam", "sgd", "sgdm", "rmsprop", "adagrad"))
-    learning_rate: float = _opt(4e-4, "language model learning rate")
-    learning_rate_decay_start: int = _opt(-1, "iteration at which the learning rate starts halving (-1: never)")
-    learning_rate_decay_every: int = _opt(50000, "halve the learning rate every this many iterations")
-    optim_alpha: float = _opt(0.8, "adam beta1 / momentum / rmsprop alpha")
-    optim_beta: float = _opt(0.999, "adam beta2")
-    optim_epsilon: float = _opt(1e-8, "optimiser epsilon")
-    cnn_optim: str = _opt("adam", "CNN optimiser", choices=("adam", "sgd", "sgdm", "rmsprop", "adagrad"))
-    cnn_optim_alpha: float = _opt(0.8, "CNN optimiser beta1 / momentum")
-    cnn_optim_beta: float = _opt(0.999, "CNN adam beta2")
-    cnn_learning_rate: float = _opt(1e-5, "learning rate of a pretrained CNN when fine-tuning (a from-scratch CNN uses --learning-rate)")
-    cnn_weight_decay: float = _opt(0.0, "L2 weight decay of the CNN")
-    # evaluation and saving
-    val_images_use: int = _opt(3200, "validation images per evaluation (-1: all)")
-    save_checkpoint_every: int = _opt(2500, "validate and checkpoint every this many iterations")
-    language_eval: bool = _opt(False, "compute BLEU/METEOR/ROUGE_L/CIDEr on validation; keep the best checkpoint by CIDEr")
-    losses_log_every: int = _opt(25, "record the training loss every this many iterations")
-    max_loss_factor: float = _opt(3.0, "stop when the loss exceeds this times ln(vocabulary size) (exploding)")
-    seed: int = _opt(123, "random seed")
-    id: str = _opt("", "an id for this run, stored in its checkpoints")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
-    num_workers: int = _opt(0, "DataLoader worker processes")
-    progress: bool = _opt(True, "show a progress bar")
 
 
 RESUME_OVERRIDES = ("max_iters", "max_epochs", "device", "num_workers", "progress", "save_checkpoint_every", "resume")
@@ -139,7 +84,11 @@ class Trainer:
             args = model_args_from_dict(ckpt["model_args"])
             self.model = build_model(args, cnn_weights=None)
         else:
-            args = ModelArgs(opts.model, opts.cnn, opts.cnn_width, opts.image_size, opts.input_encoding_size, opts.rnn_size, opts.num_layers, opts.rnn_type, opts.drop_prob_lm, self.data.vocab.vocab_size)
+            args = ModelArgs(
+                model=opts.model, cnn=opts.cnn, cnn_width=opts.cnn_width, image_size=opts.image_size, input_encoding_size=opts.input_encoding_size,
+                rnn_size=opts.rnn_size, num_layers=opts.num_layers, rnn_type=opts.rnn_type, drop_prob_lm=opts.drop_prob_lm,
+                image_input=opts.image_input, vocab_size=self.data.vocab.vocab_size,
+            )
             self.model = build_model(args, cnn_weights=None if opts.start_from else opts.cnn_weights)
             self.model.args.image_size = self.model.encoder.input_size
             if opts.start_from:

@@ -268,7 +268,7 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject) -> None:
 
 def render_scene(scene: Scene) -> Image.Image:
     """Return the RGB image of `scene` (no anti-aliasing, so the same scene gives the same pixels)."""
-    image = Image.fromarray(_background_pixels(scene.background, scene.image_size), mode="RGB")
+    image = Image.fromarray(_background_pixels(scene.background, scene.image_size))  # uint8 (S, S, 3) -> RGB
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
         _draw_object(draw, obj)

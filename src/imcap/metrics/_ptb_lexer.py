@@ -21,28 +21,40 @@ from imcap.metrics._ptb_tables import DIGIT, LETTER, UPPER, WORD_EXTRA
 Action = Callable[[str], tuple[list[str], int]]
 
 
+# JFlex's %caseless also folds these non-ASCII letters onto ASCII ones (via Java's case mappings).
+_EXTRA_CASES = {"i": "\u0130\u0131", "k": "\u212a", "s": "\u017f"}
+
+
 def _ci(literal: str) -> str:
     """Regex for a literal matched case-insensitively the way JFlex %caseless does (per character)."""
     out = []
     for ch in literal:
         lo, up = ch.lower(), ch.upper()
         if lo != up and len(lo) == 1 and len(up) == 1:
-            out.append(f"[{lo}{up}]")
+            out.append(f"[{lo}{up}{_EXTRA_CASES.get(lo, '')}]")
         else:
             out.append(re.escape(ch))
     return "".join(out)
 
 
 def _units(word: str) -> list[tuple[bool, str]]:
-    """Split a word into (case_sensitive, char) units; a leading `[X]` makes X case-sensitive."""
-    if word.startswith("["):
-        return [(True, word[1])] + [(False, ch) for ch in word[3:]]
-    return [(False, ch) for ch in word]
+    """Split a word into (case_sensitive, text) units; `[..]` is a case-sensitive character class."""
+    units = []
+    i = 0
+    while i < len(word):
+        if word[i] == "[":
+            j = word.index("]", i)
+            units.append((True, word[i:j + 1]))
+            i = j + 1
+        else:
+            units.append((False, word[i].lower()))
+            i += 1
+    return units
 
 
 def _unit_regex(unit: tuple[bool, str]) -> str:
-    sensitive, ch = unit
-    return re.escape(ch) if sensitive else _ci(ch)
+    sensitive, text = unit
+    return text if sensitive else _ci(text)
 
 
 def _trie(units_list: list[list[tuple[bool, str]]]) -> str:
@@ -53,8 +65,7 @@ def _trie(units_list: list[list[tuple[bool, str]]]) -> str:
         if not units:
             terminal = True
             continue
-        first = (units[0][0], units[0][1] if units[0][0] else units[0][1].lower())
-        children.setdefault(first, []).append(units[1:])
+        children.setdefault(units[0], []).append(units[1:])
     alts = [_unit_regex(unit) + _trie(rest) for unit, rest in children.items()]
     if not alts:
         return ""
@@ -176,28 +187,27 @@ ABSTATE = (
     "Nev", "Okla", "[O]re", "[P]a", "Penn", "Tenn", "[T]ex", "Va", "Vt", "[W]ash", "Wis", "Wisc", "Wyo",
 )
 ABCOMP = (
-    "Inc", "Co", "Cos", "Corp", "Pty", "Ptys", "Ppty", "Pptys", "Pte", "Ptes", "Ppte", "Pptes", "Ltd",
+    "Inc", "Co", "Cos", "Corp", "Pt[ye]", "Pt[ye]s", "Ppt[ye]", "Ppt[ye]s", "Ltd",
     "Plc", "Rt", "Bancorp", "Bhd", "Assn", "Univ", "Intl", "Sys",
 )
 ABNUM = ("tel", "est", "ext", "sq")
-ABPTIT = ("Jr", "Bros", "Ed.D", "Ph.D", "Esq")
+ABPTIT = ("Jr", "Sr", "Bros", "Ed.D", "Ph.D", "Blvd", "Rd", "Esq")
 ABBREV1_WORDS = ABMONTH + ABDAYS + ABSTATE + ABCOMP + ABNUM + ABPTIT + ("etc", "al", "seq", "Bldg")
 ABTITLE = (
-    "Mr", "Mrs", "Ms", "Mx", "[M]iss", "Dr", "Drs", "Prof", "Profs", "Sen", "Sens", "Rep", "Reps", "Atty",
+    "Mr", "Mrs", "Ms", "[M]iss", "Dr", "Drs", "Prof", "Profs", "Sen", "Sens", "Rep", "Reps", "Atty",
     "Attys", "Lt", "Col", "Gen", "Messrs", "Gov", "Govs", "Adm", "Rev", "Maj", "Sgt", "Cpl", "Pvt", "Capt",
     "St", "Ste", "Ave", "Pres", "Lieut", "Rt", "Hon", "Brig", "Cmdr", "Comdr", "Pfc", "Spc", "Supt",
     "Supts", "Det", "Mt", "Ft", "Adj", "Adv", "Asst", "Assoc", "Ens", "Insp", "Mlle", "Mme", "Msgr",
-    "Sfc", "Sr",
+    "Sfc",
 )
-ABCOMP2 = ("Invt", "Elec", "Natl", "Mfg", "Mtg", "Dept", "Blvd", "Rd", "Ave")
+ABCOMP2 = ("Invt", "Elec", "Natl", "M[ft]g", "Dept", "Ave")
 ABBREV4_WORDS = ABTITLE + ("vs", "[v]", "Alex", "Wm", "Jos", "Cie", "a.k.a", "cf", "TREAS", "Ph") + ABCOMP2
-ABBREV3_WORDS = ("ca", "fig", "figs", "prop", "no", "nos", "art", "arts", "bldg", "pp", "op")
+ABBREV3_WORDS = ("ca", "fig", "figs", "prop", "no", "nos", "art", "bldg", "pp", "op")
 ACRONYM_FOLLOW = (
-    "About", "According", "Additionally", "After", "An", "A", "As", "At", "But", "Did", "During",
-    "Earlier", "He", "Her", "Here", "How", "However", "If", "In", "It", "Last", "Many", "More", "Mr.",
+    "About", "According", "Additionally", "After", "An", "A", "As", "At", "But",
+    "Earlier", "He", "Her", "Here", "However", "If", "In", "It", "Last", "Many", "More", "Mr.",
     "Ms.", "Now", "Once", "One", "Other", "Our", "She", "Since", "So", "Some", "Such", "That", "The",
-    "Their", "Then", "There", "These", "They", "This", "We", "When", "While", "What", "Who", "Why",
-    "Yet", "You",
+    "Their", "Then", "There", "These", "They", "This", "We", "When", "While", "What", "Yet", "You",
 )
 
 
@@ -207,7 +217,7 @@ ABBREV2 = ABBREV4 + r"\."
 ACRONYM = ACRO + r"\."
 ABBREV3 = _alt(*ABBREV3_WORDS) + r"\."
 ACRONYM_CONTEXT = (
-    f"{SPACENLS}(?:" + _alt(*(f"[{w[0]}]{w[1:]}" for w in ACRONYM_FOLLOW)) + f"|{SGML})(?:{SPACENL}|[?!])"
+    f"{SPACENLS}(?:" + _alt(*(f"[{w[0]}]{w[1:]}" for w in ACRONYM_FOLLOW)) + f"|{SGML}){SPACENL}"
 )
 SENTEND = f"{SPACENL}(?:{SPACENL}|{U}|{SGML})"
 MISCSYMBOL = (
@@ -459,27 +469,19 @@ def _first_matcher(pattern: str, context: str | None) -> re.Pattern[str]:
     return re.compile("(?:" + "|".join(firsts) + ")")
 
 
-_ACTIONS = [action for _, action, _ in RULES]
+def _compile_rule(pattern: str, context: str | None) -> re.Pattern[str]:
+    return re.compile(pattern if context is None else f"(?:{pattern})(?P<ctx>{context})")
+
+
+_COMPILED = [(_compile_rule(pattern, context), action, context is not None) for pattern, action, context in RULES]
 _FIRSTS = [_first_matcher(pattern, context) for pattern, _, context in RULES]
-_BY_CHAR: dict[str, tuple[re.Pattern[str], list[tuple[int, int, int]]]] = {}
-_BY_SUBSET: dict[tuple[int, ...], tuple[re.Pattern[str], list[tuple[int, int, int]]]] = {}
+_BY_CHAR: dict[str, list[tuple[re.Pattern[str], Action, bool]]] = {}
 
 
-def _dispatch(ch: str) -> tuple[re.Pattern[str], list[tuple[int, int, int]]]:
-    """The combined regex of the rules that can start with `ch`, with (rule, token group, context group)."""
-    subset = tuple(i for i, first in enumerate(_FIRSTS) if first.match(ch))
-    found = _BY_SUBSET.get(subset)
-    if found is None:
-        parts = []
-        for i in subset:
-            pattern, _, context = RULES[i]
-            ctx = f"(?P<c{i}>{context})" if context is not None else ""
-            parts.append(f"(?:(?=(?P<t{i}>{pattern}){ctx}))?")
-        regex = re.compile("".join(parts))
-        groups = [(i, regex.groupindex[f"t{i}"], regex.groupindex.get(f"c{i}", 0)) for i in subset]
-        found = _BY_SUBSET[subset] = (regex, groups)
-    _BY_CHAR[ch] = found
-    return found
+def _dispatch(ch: str) -> list[tuple[re.Pattern[str], Action, bool]]:
+    """The compiled rules (in priority order) that can start with `ch`."""
+    rules = _BY_CHAR[ch] = [_COMPILED[i] for i, first in enumerate(_FIRSTS) if first.match(ch)]
+    return rules
 
 
 def lex(text: str, end: int | None = None) -> list[str]:
@@ -490,19 +492,22 @@ def lex(text: str, end: int | None = None) -> list[str]:
     by_char = _BY_CHAR
     while pos < end:
         ch = text[pos]
-        regex, groups = by_char.get(ch) or _dispatch(ch)
-        regs = regex.match(text, pos).regs
+        rules = by_char.get(ch)
+        if rules is None:
+            rules = _dispatch(ch)
         best_len = 0
-        best = best_group = -1
-        for i, tg, cg in groups:
-            stop = regs[cg][1] if cg else regs[tg][1]
-            if stop - pos > best_len:
-                best_len = stop - pos
-                best, best_group = i, tg
-        if best < 0:
+        best_tok = ""
+        best_action: Action | None = None
+        for regex, action, has_ctx in rules:
+            m = regex.match(text, pos)
+            if m is not None and m.end() - pos > best_len:
+                best_len = m.end() - pos
+                best_tok = text[pos:m.start("ctx")] if has_ctx else m.group()
+                best_action = action
+        if best_action is None:
             pos += 1
             continue
-        tokens, consumed = _ACTIONS[best](text[pos:regs[best_group][1]])
+        tokens, consumed = best_action(best_tok)
         out.extend(tokens)
         pos += consumed
     return out

@@ -26,6 +26,7 @@ class ModelArgs:
     num_layers: int = 1
     rnn_type: str = "lstm"
     drop_prob_lm: float = 0.5
+    image_input: str = "first"
     vocab_size: int = 0
 
 
@@ -67,7 +68,7 @@ def build_model(args: ModelArgs, cnn_weights: str | None = None) -> CaptionModel
     if args.vocab_size <= 0:
         raise ImcapError("model_args.vocab_size must be positive")
     encoder = build_encoder(args.cnn, args.input_encoding_size, cnn_weights, args.cnn_width, args.image_size)
-    decoder = ShowTell(args.vocab_size, args.input_encoding_size, args.rnn_size, args.num_layers, args.drop_prob_lm, args.rnn_type)
+    decoder = ShowTell(args.vocab_size, args.input_encoding_size, args.rnn_size, args.num_layers, args.drop_prob_lm, args.rnn_type, args.image_input)
     return CaptionModel(encoder, decoder, args)
 
 

@@ -7,24 +7,24 @@ import numpy as np
 
 from imcap.data.vocab import END, NULL, SPECIAL_TOKENS, START, Vocab, tokenize
 from imcap.errors import ImcapError
+from imcap.reference.options import DEFAULT_FLICKR8K
 from imcap.reference.solver import CaptionData
 
-# ../shared/data/flickr8k next to the repository (present in the development checkout only)
-DEFAULT_FLICKR8K = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "flickr8k"
 
 
 def load_array(path: str | Path, kind: str) -> np.ndarray:
-    """Read a .npy array written by imcap (no pickles); kind is 'features' or 'captions'."""
+    """Read a .npy array (no pickles); kind is 'features' (2-D float), 'captions' (2-D int) or 'image_idxs'."""
     try:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise ImcapError(f"{path}: {kind} file not found") from None
     except (ValueError, OSError) as exc:
         raise ImcapError(f"{path}: not a .npy array ({exc})") from None
-    if array.ndim != 2:
-        raise ImcapError(f"{path}: {kind} must be a 2-D array, got shape {array.shape}")
-    if kind == "captions" and not np.issubdtype(array.dtype, np.integer):
-        raise ImcapError(f"{path}: captions must be integer word ids, got {array.dtype}")
+    ndim = 1 if kind == "image_idxs" else 2
+    if array.ndim != ndim:
+        raise ImcapError(f"{path}: {kind} must be a {ndim}-D array, got shape {array.shape}")
+    if kind in ("captions", "image_idxs") and not np.issubdtype(array.dtype, np.integer):
+        raise ImcapError(f"{path}: {kind} must be integers, got {array.dtype}")
     if kind == "features" and not np.issubdtype(array.dtype, np.floating):
         raise ImcapError(f"{path}: features must be floats, got {array.dtype}")
     return array

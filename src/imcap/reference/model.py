@@ -7,8 +7,7 @@ import numpy as np
 
 from imcap.errors import ImcapError
 from imcap.reference import layers as L
-
-CELL_TYPES = ("rnn", "lstm", "gru")
+from imcap.reference.options import CELLS as CELL_TYPES
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # fused gate blocks in Wx, Wh, b
 
 _SEQUENCE = {
@@ -86,7 +85,8 @@ class CaptioningRNN:
     def sample(self, features: np.ndarray, max_length: int = 30) -> np.ndarray:
         """Greedy captions for features (N, D): (N, max_length) word ids, <START> not included.
 
-        Column t holds the word chosen at step t; after a row emits <END> the rest of it is <NULL>.
+        Column t holds the word chosen at step t; <NULL> and <START> are never chosen (as in
+        imcap.decoding), and after a row emits <END> the rest of it is <NULL>.
         """
         if self._start is None:
             raise ImcapError("word_to_idx: has no <START> token, cannot sample")
@@ -105,7 +105,9 @@ class CaptioningRNN:
                 h, _ = L.gru_step_forward(x, h, p["Wx"], p["Wh"], p["b"])
             else:
                 h, _ = L.rnn_step_forward(x, h, p["Wx"], p["Wh"], p["b"])
-            words = np.argmax(h @ p["W_vocab"] + p["b_vocab"], axis=1)  # (N,)
+            scores = h @ p["W_vocab"] + p["b_vocab"]  # (N, V)
+            scores[:, [self._null, self._start]] = -np.inf
+            words = np.argmax(scores, axis=1)  # (N,)
             captions[~done, t] = words[~done]
             if self._end is not None:
                 done |= words == self._end

@@ -38,8 +38,8 @@ class CaptionData:
                 raise ImcapError(f"{self.name}: {len(self.captions)} captions but {len(self.features)} feature rows "
                                  "(give image_idxs to map captions to rows)")
             self.image_idxs = np.arange(len(self.captions))
-        elif self.image_idxs.shape != (len(self.captions),) or not (
-            0 <= self.image_idxs.min() and self.image_idxs.max() < len(self.features)
+        elif self.image_idxs.shape != (len(self.captions),) or (
+            len(self.captions) and not (0 <= self.image_idxs.min() and self.image_idxs.max() < len(self.features))
         ):
             raise ImcapError(f"{self.name}: image_idxs must give one feature row in [0, {len(self.features)}) "
                              "per caption")
@@ -121,7 +121,7 @@ class CaptioningSolver:
         """Record the epoch's held-out (or training) loss and remember the params if they are the best."""
         loss = self.check_loss(self.val_data if self.val_data is not None else self.train_data)
         self.epoch_loss_history.append(loss)
-        log.info("epoch %d/%d: %s loss %.4f", epoch + 1, self.num_epochs,
+        log.debug("epoch %d/%d: %s loss %.4f", epoch + 1, self.num_epochs,
                  "val" if self.val_data is not None else "train", loss)
         if loss < self.best_loss:
             self.best_loss = loss

@@ -1,0 +1,36 @@
+"""Checks of the pycocoevalcap-style inputs `gts = {id: [ref, ...]}`, `res = {id: [hypothesis]}`."""
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+from imcap.errors import ImcapError
+
+
+def _examples(keys: set[Any]) -> str:
+    shown = sorted(map(repr, keys))[:3]
+    return ", ".join(shown) + (", ..." if len(keys) > 3 else "")
+
+
+def check_pairs(gts: Mapping[Hashable, Sequence[str]], res: Mapping[Hashable, Sequence[str]],
+                where: str = "compute_score") -> list[Hashable]:
+    """Validate the inputs and return the image ids in the order of `gts` (pycocoevalcap's order)."""
+    if gts.keys() != res.keys():
+        only_gts = set(gts) - set(res)
+        only_res = set(res) - set(gts)
+        parts = []
+        if only_gts:
+            parts.append(f"{len(only_gts)} image id(s) only in the references ({_examples(only_gts)})")
+        if only_res:
+            parts.append(f"{len(only_res)} image id(s) only in the predictions ({_examples(only_res)})")
+        raise ImcapError(f"{where}: references and predictions have different image ids: {'; '.join(parts)}")
+    ids = list(gts)
+    for key in ids:
+        refs, hyp = gts[key], res[key]
+        if isinstance(refs, str) or not isinstance(refs, Sequence) or len(refs) == 0:
+            raise ImcapError(f"{where}: image {key!r} needs a non-empty list of reference captions")
+        if isinstance(hyp, str) or not isinstance(hyp, Sequence) or len(hyp) != 1:
+            raise ImcapError(f"{where}: image {key!r} needs a list with exactly one predicted caption")
+        if not isinstance(hyp[0], str) or not all(isinstance(r, str) for r in refs):
+            raise ImcapError(f"{where}: image {key!r} has a caption that is not a string")
+    return ids

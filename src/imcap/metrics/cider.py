@@ -1,0 +1,399 @@
+"""CIDEr and CIDEr-D as pycocoevalcap computes them, vectorised, plus cached CIDEr-D rewards for SCST.
+
+pycocoevalcap 1.2's `Cider` already is the CIDEr-D formula: tf-idf n-gram vectors (n = 1..4) with
+document frequencies from the references of the evaluated images, clipped matches
+`min(w_hyp, w_ref) * w_ref`, a Gaussian length penalty (sigma 6; "length" is the number of bigrams,
+as in its code), the mean over n, divided by the number of references, times 10. `CiderD` is the same
+with an optional `DocumentFrequency` from a training corpus, which is what self-critical training
+(Rennie et al. 2017) uses; `CiderDReward` scores many sampled captions against cached references.
+"""
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imcap.errors import ImcapError
+from imcap.metrics._inputs import check_pairs
+from imcap.metrics._ngrams import OrderCounts, Vocabulary, count_ngrams, encode, lookup, sorted_search
+
+SIGMA = 6.0
+N = 4
+
+
+def _starts(lengths: np.ndarray) -> np.ndarray:
+    return np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+
+
+def cider_from_counts(counts: list[OrderCounts], lengths: np.ndarray, n_refs: np.ndarray,
+                      df: list[np.ndarray] | None = None, log_docs: float | None = None,
+                      sigma: float = SIGMA) -> np.ndarray:
+    """Per-image CIDEr from n-gram counts of [hypotheses..., references image by image...].
+
+    `df[k][g]` is the document frequency of gram g of order k+1 and `log_docs` the log of the number of
+    documents; both default to pycocoevalcap's: computed from the references, over the images scored.
+    """
+    n_img = len(n_refs)
+    n_ref_total = int(n_refs.sum())
+    img_of_sent = np.concatenate((np.arange(n_img), np.repeat(np.arange(n_img), n_refs)))
+    if log_docs is None:
+        log_docs = float(np.log(float(n_img)))
+    bigrams = np.maximum(lengths - 1, 0).astype(np.float64)  # pycocoevalcap's "length": its bigram count
+    val = np.zeros((n_ref_total, len(counts)))
+    norm_hyp = np.zeros((n_img, len(counts)))
+    norm_ref = np.zeros((n_ref_total, len(counts)))
+    for k, oc in enumerate(counts):
+        is_ref = oc.sent >= n_img
+        ref_key = oc.gram[is_ref] * n_img + img_of_sent[oc.sent[is_ref]]  # sorted: see count_ngrams
+        if df is None:
+            distinct = np.concatenate(([True], ref_key[1:] != ref_key[:-1])) if len(ref_key) else np.zeros(0, bool)
+            df_k = np.bincount(oc.gram[is_ref][distinct], minlength=oc.n_grams).astype(np.float64)
+        else:
+            df_k = df[k]
+        weight = oc.count * (log_docs - np.log(np.maximum(1.0, df_k[oc.gram])))
+        norm_sq = np.bincount(oc.sent, weights=weight * weight, minlength=n_img + n_ref_total)
+        norm_hyp[:, k] = np.sqrt(norm_sq[:n_img])
+        norm_ref[:, k] = np.sqrt(norm_sq[n_img:])
+        hyp_idx = np.flatnonzero(~is_ref)
+        ref_idx = np.flatnonzero(is_ref)
+        hyp_key = oc.gram[hyp_idx] * n_img + oc.sent[hyp_idx]
+        lo = np.searchsorted(ref_key, hyp_key, "left")
+        hits = np.searchsorted(ref_key, hyp_key, "right") - lo
+        has = np.flatnonzero(hits)
+        rep = np.repeat(has, hits[has])
+        within = np.arange(len(rep)) - np.repeat(np.cumsum(hits[has]) - hits[has], hits[has])
+        r_entry = ref_idx[lo[rep] + within]
+        w_hyp = weight[hyp_idx[rep]]
+        w_ref = weight[r_entry]
+        val[:, k] = np.bincount(oc.sent[r_entry] - n_img, weights=np.minimum(w_hyp, w_ref) * w_ref,
+                                minlength=n_ref_total)
+    hyp_of_ref = np.repeat(np.arange(n_img), n_refs)
+    nh = norm_hyp[hyp_of_ref]
+    both = (nh != 0) & (norm_ref != 0)
+    val = np.where(both, val / np.where(both, nh * norm_ref, 1.0), val)
+    delta = bigrams[hyp_of_ref] - bigrams[n_img:]
+    val *= np.power(np.e, -(delta**2) / (2 * sigma**2))[:, None]
+    per_image = np.add.reduceat(val, _starts(n_refs), axis=0) if n_ref_total else np.zeros((n_img, len(counts)))
+    return np.mean(per_image, axis=1) / n_refs * 10.0
+
+
+def _count(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[Sequence[str]]], n: int,
+           vocab: Vocabulary) -> tuple[list[OrderCounts], np.ndarray, np.ndarray, np.ndarray]:
+    n_refs = np.fromiter(map(len, refs), np.int64, len(refs))
+    ids, lengths = encode(list(hyps) + [r for rs in refs for r in rs], vocab)
+    return count_ngrams(ids, lengths, n, len(vocab)), ids, lengths, n_refs
+
+
+class DocumentFrequency:
+    """Document frequencies of the n-grams of a reference corpus (one document = one image's references).
+
+    Built once from training captions (already tokenized: lists of words, or strings split on spaces);
+    `CiderD(df=...)` and `CiderDReward` use it. Grams are stored as sorted integer keys per order
+    (the id of the (n-1)-gram prefix times the vocabulary size plus the last word's id).
+    """
+
+    def __init__(self, words: list[str], keys: list[np.ndarray], df: list[np.ndarray], n_docs: int) -> None:
+        self.words = words
+        self.vocab = Vocabulary((w, i) for i, w in enumerate(words))
+        self.keys = keys
+        self.df = df
+        self.n_docs = n_docs
+
+    @property
+    def n(self) -> int:
+        """Largest n-gram order."""
+        return len(self.keys)
+
+    @property
+    def log_docs(self) -> float:
+        """log(number of documents), the `ref_len` of pycocoevalcap's formula."""
+        return float(np.log(float(self.n_docs)))
+
+    @classmethod
+    def from_references(cls, refs: Sequence[Sequence[Sequence[str] | str]], n: int = N) -> DocumentFrequency:
+        """Count, for each n-gram, the number of images whose references contain it."""
+        docs = [[r.split() if isinstance(r, str) else list(r) for r in rs] for rs in refs]
+        vocab = Vocabulary()
+        sentences = [r for rs in docs for r in rs]
+        ids, lengths = encode(sentences, vocab)
+        n_refs = np.fromiter(map(len, docs), np.int64, len(docs))
+        doc_of_sent = np.repeat(np.arange(len(docs)), n_refs)
+        keys, dfs = [], []
+        gram_of_pos = ids.copy()
+        starts = _starts(lengths)
+        remaining = np.repeat(lengths, lengths) - (np.arange(len(ids)) - np.repeat(starts, lengths))
+        sent_of_pos = np.repeat(np.arange(len(lengths)), lengths)
+        v = max(len(vocab), 1)
+        for k in range(1, n + 1):
+            pos = np.flatnonzero(remaining >= k)
+            key = ids[pos] if k == 1 else gram_of_pos[pos] * v + ids[pos + k - 1]
+            uniq, inverse = np.unique(key, return_inverse=True)
+            gram_of_pos[pos] = inverse
+            doc_gram = np.unique(doc_of_sent[sent_of_pos[pos]] * len(uniq) + inverse)
+            keys.append(uniq)
+            dfs.append(np.bincount(doc_gram % max(len(uniq), 1), minlength=len(uniq)).astype(np.float64))
+        return cls(list(vocab), keys, dfs, len(docs))
+
+    def gram_ids(self, ids: np.ndarray, lengths: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        """Per order: (positions where a gram starts, the gram's id, number of ids in use).
+
+        `ids` are word ids from `self.vocab`, possibly extended (ids >= len(self.words) are words the
+        corpus lacks). Grams of the corpus get their corpus ids (which index `self.df`); others get fresh
+        ids above those, equal grams equal ids.
+        """
+        v = len(self.words)
+        w_total = max(int(ids.max()) + 1 if len(ids) else 0, v, 1)
+        starts = _starts(lengths)
+        remaining = np.repeat(lengths, lengths) - (np.arange(len(ids)) - np.repeat(starts, lengths))
+        gram_of_pos = np.zeros(len(ids), np.int64)
+        out = []
+        n_known_prev = 0
+        for k in range(1, self.n + 1):
+            pos = np.flatnonzero(remaining >= k)
+            word = ids[pos + k - 1]
+            if k == 1:
+                known = word < v
+                corpus_key = word
+                own_key = word
+            else:
+                prefix = gram_of_pos[pos]
+                known = (prefix < n_known_prev) & (word < v)
+                corpus_key = prefix * v + word
+                own_key = prefix * w_total + word
+            n_known = len(self.keys[k - 1])
+            found, where = lookup(self.keys[k - 1], np.where(known, corpus_key, -1))
+            gram = where.copy()
+            unseen = np.flatnonzero(~found)
+            n_ids = n_known
+            if len(unseen):
+                _, inverse = np.unique(own_key[unseen], return_inverse=True)
+                gram[unseen] = n_known + inverse
+                n_ids = n_known + int(inverse.max()) + 1
+            gram_of_pos[pos] = gram
+            out.append((pos, gram, n_ids))
+            n_known_prev = n_known
+        return out
+
+    def df_of(self, order: int, gram: np.ndarray) -> np.ndarray:
+        """Document frequency (float) of gram ids of `order` (1-based); 0 for grams the corpus lacks."""
+        table = self.df[order - 1]
+        return np.where(gram < len(table), table[np.minimum(gram, max(len(table) - 1, 0))], 0.0) if len(
+            table) else np.zeros(len(gram))
+
+    def save(self, path: str | Path) -> None:
+        """Write the tables to a .npz file."""
+        arrays = {f"keys{k}": a for k, a in enumerate(self.keys)} | {f"df{k}": a for k, a in enumerate(self.df)}
+        np.savez_compressed(path, words=np.array(self.words, dtype=object).astype(str), n_docs=self.n_docs,
+                            **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DocumentFrequency:
+        """Read tables written by `save`."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                n = sum(1 for name in z.files if name.startswith("keys"))
+                return cls([str(w) for w in z["words"]], [z[f"keys{k}"] for k in range(n)],
+                           [z[f"df{k}"] for k in range(n)], int(z["n_docs"]))
+        except (OSError, KeyError, ValueError) as exc:
+            raise ImcapError(f"{path}: not a document-frequency file ({exc})") from exc
+
+
+def counts_from_gram_ids(gram_ids: list[tuple[np.ndarray, np.ndarray, int]], lengths: np.ndarray) -> list[OrderCounts]:
+    """Per-sentence counts (sorted by gram, then sentence) from `DocumentFrequency.gram_ids` output."""
+    n_sent = max(len(lengths), 1)
+    sent_of_pos = np.repeat(np.arange(len(lengths)), lengths)
+    out = []
+    for pos, gram, n_ids in gram_ids:
+        composite = np.sort(gram * n_sent + sent_of_pos[pos])
+        uniq, count = np.unique(composite, return_counts=True)
+        out.append(OrderCounts(uniq % n_sent, uniq // n_sent, count, n_ids, np.zeros(0, np.int64)))
+    return out
+
+
+def _full_df(table: DocumentFrequency, counts: list[OrderCounts]) -> list[np.ndarray]:
+    """df arrays indexed by the gram ids in `counts` (0 for grams the table lacks)."""
+    return [np.concatenate((table.df[k], np.zeros(max(oc.n_grams - len(table.df[k]), 0))))
+            for k, oc in enumerate(counts)]
+
+
+def _split_all(gts: Mapping[Hashable, Sequence[str]], res: Mapping[Hashable, Sequence[str]],
+               ids: list[Hashable]) -> tuple[list[list[str]], list[list[list[str]]]]:
+    return [res[i][0].split() for i in ids], [[r.split() for r in gts[i]] for i in ids]
+
+
+class Cider:
+    """Drop-in for `pycocoevalcap.cider.cider.Cider`: `compute_score(gts, res)` -> (mean, per-image array)."""
+
+    def __init__(self, test: object = None, refs: object = None, n: int = N, sigma: float = SIGMA) -> None:
+        self._n = n
+        self._sigma = sigma
+
+    def compute_score(self, gts: Mapping[Hashable, Sequence[str]],
+                      res: Mapping[Hashable, Sequence[str]]) -> tuple[float, np.ndarray]:
+        """Mean CIDEr over images and per-image CIDEr (df from the references of these images)."""
+        ids = check_pairs(gts, res, self.method())
+        hyps, refs = _split_all(gts, res, ids)
+        counts, _, lengths, n_refs = _count(hyps, refs, self._n, Vocabulary())
+        scores = cider_from_counts(counts, lengths, n_refs, sigma=self._sigma)
+        return float(np.mean(scores)), scores
+
+    def method(self) -> str:
+        """Metric name, as pycocoevalcap reports it."""
+        return "CIDEr"
+
+
+class CiderD(Cider):
+    """CIDEr-D; with `df` (a `DocumentFrequency` or a path saved from one), idf comes from that corpus."""
+
+    def __init__(self, n: int = N, sigma: float = SIGMA, df: DocumentFrequency | str | Path | None = None) -> None:
+        super().__init__(n=n, sigma=sigma)
+        self._df = DocumentFrequency.load(df) if isinstance(df, (str, Path)) else df
+
+    def compute_score(self, gts: Mapping[Hashable, Sequence[str]],
+                      res: Mapping[Hashable, Sequence[str]]) -> tuple[float, np.ndarray]:
+        """Mean CIDEr-D and per-image CIDEr-D."""
+        if self._df is None:
+            return super().compute_score(gts, res)
+        ids = check_pairs(gts, res, self.method())
+        hyps, refs = _split_all(gts, res, ids)
+        n_refs = np.fromiter(map(len, refs), np.int64, len(refs))
+        vocab = Vocabulary(self._df.vocab)
+        word_ids, lengths = encode(list(hyps) + [r for rs in refs for r in rs], vocab)
+        counts = counts_from_gram_ids(self._df.gram_ids(word_ids, lengths), lengths)
+        scores = cider_from_counts(counts, lengths, n_refs, _full_df(self._df, counts), self._df.log_docs,
+                                   self._sigma)
+        return float(np.mean(scores)), scores
+
+    def method(self) -> str:
+        """Metric name."""
+        return "CIDEr-D"
+
+
+@dataclass
+class _RefTable:
+    keys: np.ndarray  # sorted ((image * n + order) * n_ids + gram) of every reference entry
+    weight: np.ndarray  # tf-idf weight of the entry
+    ref: np.ndarray  # global reference index of the entry
+    stride: int  # n_ids used in the key
+
+
+class CiderDReward:
+    """CIDEr-D of sampled captions against cached references, for self-critical sequence training.
+
+    `refs` maps image id -> reference captions (strings, tokenized with the PTB tokenizer unless
+    `tokenize=False`, or lists of words). Document frequencies come from these references (one
+    document per image). `score(image_ids, candidates)` returns one CIDEr-D per candidate; candidates are
+    strings, word lists, or rows of word ids (give `vocab`, an index -> word list whose ids 0 and 2 end
+    a caption and 1 is skipped, as in imcap's vocabulary).
+    """
+
+    def __init__(self, refs: Mapping[Hashable, Sequence[str] | Sequence[Sequence[str]]], *,
+                 vocab: Sequence[str] | None = None, tokenize: bool = True, n: int = N, sigma: float = SIGMA) -> None:
+        if not refs:
+            raise ImcapError("CiderDReward: no reference captions")
+        self._tokenize = tokenize
+        self._sigma = sigma
+        self._image_index = {key: i for i, key in enumerate(refs)}
+        docs = [self._words_list(list(caps), f"references of {key!r}") for key, caps in refs.items()]
+        if any(len(d) == 0 for d in docs):
+            raise ImcapError("CiderDReward: every image needs at least one reference caption")
+        self.table = DocumentFrequency.from_references(docs, n)
+        self.n_refs = np.fromiter(map(len, docs), np.int64, len(docs))
+        self._first_ref = _starts(self.n_refs)
+        sentences = [r for d in docs for r in d]
+        word_ids, lengths = encode(sentences, Vocabulary(self.table.vocab))
+        counts = counts_from_gram_ids(self.table.gram_ids(word_ids, lengths), lengths)
+        img_of_ref = np.repeat(np.arange(len(docs)), self.n_refs)
+        self._ref_local = np.arange(len(sentences)) - self._first_ref[img_of_ref]
+        self._ref_bigrams = np.maximum(lengths - 1, 0).astype(np.float64)
+        stride = max(max((oc.n_grams for oc in counts), default=1), 1)
+        keys, weights, owners = [], [], []
+        self._ref_norm = np.zeros((len(sentences), len(counts)))
+        for k, oc in enumerate(counts):
+            w = oc.count * (self.table.log_docs - np.log(np.maximum(1.0, self.table.df_of(k + 1, oc.gram))))
+            self._ref_norm[:, k] = np.sqrt(np.bincount(oc.sent, weights=w * w, minlength=len(sentences)))
+            keys.append((img_of_ref[oc.sent] * len(counts) + k) * stride + oc.gram)
+            weights.append(w)
+            owners.append(oc.sent)
+        key = np.concatenate(keys)
+        order = np.argsort(key, kind="stable")
+        self._refs = _RefTable(key[order], np.concatenate(weights)[order], np.concatenate(owners)[order], stride)
+        self._model_map: np.ndarray | None = None
+        if vocab is not None:
+            extra = Vocabulary()
+            self._model_map = np.array(
+                [self.table.vocab[w] if w in self.table.vocab else len(self.table.words) + extra[w] for w in vocab],
+                np.int64)
+
+    def _words_list(self, caps: list, what: str) -> list[list[str]]:
+        if any(isinstance(c, str) for c in caps):
+            if not all(isinstance(c, str) for c in caps):
+                raise ImcapError(f"CiderDReward: {what} mix strings and word lists")
+            if self._tokenize:
+                from imcap.metrics.tokenizer import PTBTokenizer
+                return [t.split() for t in PTBTokenizer().tokenize_captions(caps)]
+            return [c.split() for c in caps]
+        return [list(c) for c in caps]
+
+    def _encode(self, candidates: Sequence[str] | Sequence[Sequence[str]] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Word ids (table vocabulary, unknown words above it) and lengths of the candidates."""
+        if isinstance(candidates, np.ndarray) and candidates.dtype.kind in "iu":
+            if self._model_map is None:
+                raise ImcapError("CiderDReward: candidates given as word ids need `vocab`")
+            rows = np.atleast_2d(candidates).astype(np.int64)  # (B, T)
+            stop = (rows == 0) | (rows == 2)
+            alive = np.cumsum(stop, axis=1) == 0
+            keep = alive & (rows != 1)
+            lengths = keep.sum(axis=1).astype(np.int64)
+            return self._model_map[rows[keep]], lengths
+        words = self._words_list(list(candidates), "candidates")
+        unknown = Vocabulary()
+        known = self.table.vocab
+        base = len(self.table.words)
+        lengths = np.fromiter(map(len, words), np.int64, len(words))
+        ids = np.fromiter((known[w] if w in known else base + unknown[w] for ws in words for w in ws), np.int64,
+                          int(lengths.sum()))
+        return ids, lengths
+
+    def score(self, image_ids: Sequence[Hashable], candidates: Sequence[str] | Sequence[Sequence[str]] | np.ndarray
+              ) -> np.ndarray:
+        """CIDEr-D of candidates[i] against the references of image_ids[i]; shape (len(candidates),)."""
+        try:
+            img = np.fromiter((self._image_index[k] for k in image_ids), np.int64, len(image_ids))
+        except KeyError as exc:
+            raise ImcapError(f"CiderDReward: no references for image {exc.args[0]!r}") from None
+        word_ids, lengths = self._encode(candidates)
+        if len(lengths) != len(img):
+            raise ImcapError(f"CiderDReward: {len(img)} image ids but {len(lengths)} candidates")
+        b = len(img)
+        counts = counts_from_gram_ids(self.table.gram_ids(word_ids, lengths), lengths)
+        m = self.n_refs[img]
+        pair_start = _starts(m)
+        val = np.zeros((int(m.sum()), len(counts)))
+        norm = np.zeros((b, len(counts)))
+        refs = self._refs
+        for k, oc in enumerate(counts):
+            w = oc.count * (self.table.log_docs - np.log(np.maximum(1.0, self.table.df_of(k + 1, oc.gram))))
+            norm[:, k] = np.sqrt(np.bincount(oc.sent, weights=w * w, minlength=b))
+            known = oc.gram < len(self.table.keys[k])
+            key = np.where(known, (img[oc.sent] * len(counts) + k) * refs.stride + oc.gram, -1)
+            lo = sorted_search(refs.keys, key, "left")
+            hits = np.where(known, sorted_search(refs.keys, key, "right") - lo, 0)
+            has = np.flatnonzero(hits)
+            rep = np.repeat(has, hits[has])
+            within = np.arange(len(rep)) - np.repeat(np.cumsum(hits[has]) - hits[has], hits[has])
+            entry = lo[rep] + within
+            w_ref = refs.weight[entry]
+            slot = pair_start[oc.sent[rep]] + self._ref_local[refs.ref[entry]]
+            val[:, k] = np.bincount(slot, weights=np.minimum(w[rep], w_ref) * w_ref, minlength=len(val))
+        cand_of_slot = np.repeat(np.arange(b), m)
+        ref_of_slot = np.repeat(self._first_ref[img], m) + (np.arange(len(val)) - np.repeat(pair_start, m))
+        nh, nr = norm[cand_of_slot], self._ref_norm[ref_of_slot]
+        both = (nh != 0) & (nr != 0)
+        val = np.where(both, val / np.where(both, nh * nr, 1.0), val)
+        delta = np.maximum(lengths - 1, 0)[cand_of_slot] - self._ref_bigrams[ref_of_slot]
+        val *= np.power(np.e, -(delta**2) / (2 * self._sigma**2))[:, None]
+        per_cand = np.add.reduceat(val, pair_start, axis=0) if len(val) else np.zeros((b, len(counts)))
+        return np.mean(per_cand, axis=1) / m * 10.0

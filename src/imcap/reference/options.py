@@ -1,0 +1,37 @@
+"""Options of `imcap reference train`; NumPy-free so that building the `imcap` parser stays fast."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# ../shared/data/flickr8k next to the repository (present in the development checkout only)
+DEFAULT_FLICKR8K = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "flickr8k"
+CELLS = ("rnn", "lstm", "gru")
+RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
+
+
+@dataclass
+class ReferenceTrainOptions:
+    """Options of `imcap reference train` (defaults overfit 50 captions in well under a minute)."""
+
+    cell: str = field(default="lstm", metadata={"help": "recurrent cell", "choices": CELLS})
+    features: str | None = field(default=None, metadata={"help": "N x D float .npy of image features"})
+    captions: str | None = field(default=None, metadata={"help": "K x T int .npy of caption ids (<START> first, "
+                                                                    "<NULL>-padded)"})
+    image_idxs: str | None = field(default=None, metadata={"help": "K int .npy: feature row of each caption "
+                                                                      "(default: caption k -> row k)"})
+    vocab: str | None = field(default=None, metadata={"help": "vocab.json from imcap prepro (word names)"})
+    num_train: int = field(default=50, metadata={"help": "captions to overfit (first ones of the data)"})
+    flickr8k: str = field(default=str(DEFAULT_FLICKR8K), metadata={
+        "help": "Flickr8k folder for the built-in set when --captions is not given (synthetic words if absent)"})
+    feature_dim: int = field(default=512, metadata={"help": "random feature size of the built-in set"})
+    wordvec_dim: int = field(default=128, metadata={"help": "word embedding size"})
+    hidden_dim: int = field(default=128, metadata={"help": "RNN hidden size"})
+    update_rule: str = field(default="adam", metadata={"help": "update rule", "choices": RULES})
+    learning_rate: float = field(default=1e-2, metadata={"help": "learning rate"})
+    lr_decay: float = field(default=1.0, metadata={"help": "learning-rate factor after each epoch"})
+    batch_size: int = field(default=25, metadata={"help": "captions per minibatch"})
+    num_epochs: int = field(default=100, metadata={"help": "epochs"})
+    seed: int = field(default=0, metadata={"help": "random seed (weights, shuffling, built-in features)"})
+    max_length: int = field(default=30, metadata={"help": "longest sampled caption"})
+    show: int = field(default=5, metadata={"help": "captions to sample and print"})
