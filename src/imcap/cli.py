@@ -369,3 +369,47 @@ def _run_reference_train(args: argparse.Namespace) -> int:
     from imcap.reference.options import ReferenceTrainOptions
 
     return run_train(dataclass_from_args(ReferenceTrainOptions, args))
+
+
+@command
+def _add_features(sub) -> None:
+    from imcap.features import FeatureOptions
+    from imcap.options import add_dataclass_arguments
+
+    p = sub.add_parser("features", help="run the CNN once over a data set and store its features (fp16 .npy)")
+    add_dataclass_arguments(p, FeatureOptions)
+    p.set_defaults(func=_run_features)
+
+
+def _run_features(args: argparse.Namespace) -> int:
+    from imcap.features import FeatureOptions, extract_features
+    from imcap.options import dataclass_from_args
+
+    out = extract_features(dataclass_from_args(FeatureOptions, args))
+    print(f"wrote {out}/meta.json and its feature arrays; train with --features-dir {out}")
+    return 0
+
+
+@command
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="caption metrics (BLEU, METEOR, ROUGE-L, CIDEr, SPICE) with pycocoevalcap's numbers")
+    p.add_argument("--refs", required=True, help="references: COCO annotations, Karpathy JSON, or {id: [captions]}")
+    p.add_argument("--preds", required=True, help="predictions: COCO results [{image_id, caption}] or {id: caption}")
+    p.add_argument("--metrics", nargs="+", default=None,
+                   help="Bleu, Bleu_1..Bleu_4, METEOR, ROUGE_L, CIDEr, SPICE (default: all; METEOR/SPICE skipped "
+                        "when Java or their jars are missing)")
+    p.add_argument("--per-image", metavar="OUT", help="write per-image scores to this JSON file")
+    p.add_argument("--out", metavar="OUT", help="write the corpus scores to this JSON file")
+    p.add_argument("--no-tokenize", dest="tokenize", action="store_false",
+                   help="captions are already PTB-tokenized (skip the tokenizer)")
+    p.add_argument("--meteor-jar", help="path of meteor-1.5.jar (default: from pycocoevalcap or IMCAP_METEOR_JAR)")
+    p.add_argument("--spice-jar", help="path of spice-1.0.jar with CoreNLP in lib/ (default: pycocoevalcap's)")
+    p.add_argument("--java", help="Java executable (default: IMCAP_JAVA or `java` on PATH)")
+    p.set_defaults(func=_run_score)
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from imcap.metrics.cli_score import run
+
+    return run(args.refs, args.preds, args.metrics, args.per_image, args.out, args.tokenize, args.meteor_jar,
+               args.spice_jar, args.java)

@@ -16,6 +16,7 @@ class TrainOptions:
     checkpoint_path: str = _opt("runs/train", "run directory for checkpoints, history and curves")
     resume: bool = _opt(False, "continue the run in --checkpoint-path exactly where it stopped")
     start_from: str = _opt("", "initialise the weights from this checkpoint (a fresh run otherwise)")
+    features_dir: str = _opt("", "train on precomputed features (`imcap features` output, or region features: <id>.npy/.npz files or HDF5) instead of running the CNN")
     # model
     model: str = _opt("show_tell", "decoder architecture")
     cnn: str = _opt("small", "image encoder: small (trains from scratch), vgg16, resnet50, resnet101 (neuraltalk2: cnn_proto/cnn_model)")
@@ -68,6 +69,7 @@ class EvalOptions:
 
     model: str = field(default="", metadata={"help": "run directory (its best checkpoint) or checkpoint file"})
     data: str = field(default="", metadata={"help": "prepro directory (default: the one the model was trained on)"})
+    features_dir: str = field(default="", metadata={"help": "precomputed features instead of images (default: the ones the model was trained on, if any)"})
     split: str = field(default="test", metadata={"help": "split to evaluate", "choices": ("train", "val", "test")})
     beam_size: int = field(default=1, metadata={"help": "beam size (1: greedy)"})
     length_penalty: float = field(default=0.0, metadata={"help": "beam length penalty alpha"})

@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from imcap.config import EvalOptions
+from imcap.data.features import FeatureStore
 from imcap.data.loader import CaptionDataset, PreproData, ResumableSampler, make_loader
 from imcap.data.vocab import END, NULL, START, tokenize
 from imcap.decoding import DecodeOptions, decode
@@ -40,26 +41,26 @@ def caption_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=NULL)
 
 
-def eval_loader(data: PreproData, split: str, image_size: int, seq_per_img: int, max_images: int, batch_size: int, num_workers: int = 0):
+def eval_loader(data: PreproData, split: str, image_size: int, seq_per_img: int, max_images: int, batch_size: int, num_workers: int = 0, features: FeatureStore | None = None, feature_kind: str = "pooled"):
     """An ordered loader over the first `max_images` images of `split` (all when <= 0)."""
     indices = data.split_indices(split)
     if max_images > 0:
         indices = indices[:max_images]
-    dataset = CaptionDataset(data, indices, image_size, seq_per_img, seed=0)
+    dataset = CaptionDataset(data, indices, image_size, seq_per_img, seed=0, features=features, feature_kind=feature_kind)
     return make_loader(dataset, batch_size, ResumableSampler(len(dataset), 0, shuffle=False), num_workers)
 
 
 @torch.no_grad()
-def evaluate_split(model: CaptionModel, data: PreproData, split: str, decode_opts: DecodeOptions, max_images: int = -1, batch_size: int = 32, seq_per_img: int = 5, device: torch.device | str = "cpu", language_eval: bool = True, progress: bool = True) -> dict:
+def evaluate_split(model: CaptionModel, data: PreproData, split: str, decode_opts: DecodeOptions, max_images: int = -1, batch_size: int = 32, seq_per_img: int = 5, device: torch.device | str = "cpu", language_eval: bool = True, progress: bool = True, features: FeatureStore | None = None) -> dict:
     """Return {"loss", "predictions": [{"image_id", "caption"}], "metrics": {...}} for a split."""
     model.eval()
     device = torch.device(device)
-    loader = eval_loader(data, split, model.encoder.input_size, seq_per_img, max_images, batch_size)
+    loader = eval_loader(data, split, model.encoder.input_size, seq_per_img, max_images, batch_size, features=features, feature_kind=model.feature_kind)
     total_loss, batches, predictions = 0.0, 0, []
     for images, labels, idx in tqdm(loader, desc=f"eval {split}", leave=False, disable=not progress):
         images, labels = images.to(device), labels.to(device)
         inputs, targets = teacher_forcing_batch(labels)
-        feats = model.encode(images)
+        feats = model.encode_features(images) if features is not None else model.encode(images)
         logits = model.decoder(feats.repeat_interleave(inputs.size(1), dim=0), inputs.flatten(0, 1))
         total_loss += float(caption_loss(logits, targets))
         batches += 1
@@ -112,7 +113,9 @@ def run_eval(opts: EvalOptions) -> dict:
     if not data.split_indices(opts.split):
         raise ImcapError(f"{data_dir}: split {opts.split!r} is empty")
     decode_opts = DecodeOptions(beam_size=opts.beam_size, max_length=data.max_length, length_penalty=opts.length_penalty)
-    result = evaluate_split(captioner.model, data, opts.split, decode_opts, opts.max_images, opts.batch_size, device=captioner.device, progress=opts.progress)
+    features_dir = opts.features_dir or (captioner.info.get("options") or {}).get("features_dir", "")
+    features = FeatureStore(features_dir) if features_dir else None
+    result = evaluate_split(captioner.model, data, opts.split, decode_opts, opts.max_images, opts.batch_size, device=captioner.device, progress=opts.progress, features=features)
     indices = data.split_indices(opts.split)[: opts.max_images] if opts.max_images > 0 else data.split_indices(opts.split)
     blind_caption, blind = blind_cider(data, opts.split, indices)
     metrics = {**result["metrics"], "CIDEr_blind": blind, "blind_caption": blind_caption, "loss": result["loss"], "split": opts.split, "images": len(result["predictions"]), "beam_size": opts.beam_size, "checkpoint": str(ckpt_path)}

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from imcap.captioner import pick_device
 from imcap.checkpoint import BEST, LAST, atomic_write_json, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imcap.config import TrainOptions
+from imcap.data.features import FeatureStore
 from imcap.data.loader import CaptionDataset, PreproData, ResumableSampler, make_loader
 from imcap.decoding import DecodeOptions
 from imcap.errors import ImcapError
@@ -58,6 +59,26 @@ def _clip(params: list[torch.nn.Parameter], value: float, mode: str) -> float:
     return norm
 
 
+def _args_for_features(args: ModelArgs, store: FeatureStore, data: PreproData) -> tuple[ModelArgs, str | None]:
+    """Model args and CNN weights that match precomputed features (the CNN that made them, or none)."""
+    if store.kind == "imcap":
+        if args.cnn != store.cnn:
+            log.info("--features-dir was made by %s: using that CNN (not %s)", store.cnn, args.cnn)
+        args.cnn, args.cnn_width, args.image_size = store.cnn, store.meta.get("cnn_width", args.cnn_width), store.meta.get("image_size", 0)
+        weights = store.meta.get("cnn_weights")
+        return args, (None if weights in ("checkpoint", None) else weights)
+    first = data.images[data.split_indices("train")[0]]["id"]
+    args.cnn, args.feature_dim = "none", store.dim("spatial", first)
+    return args, None
+
+
+def _load_backbone(model, checkpoint: str) -> None:
+    """Copy the CNN backbone of `checkpoint` (the one that extracted the features) into `model`."""
+    state = load_checkpoint(checkpoint)["model"]
+    prefix = "encoder.backbone."
+    model.encoder.backbone.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+
 class Trainer:
     """State of one training run: model, optimisers, position in the data, history."""
 
@@ -76,6 +97,9 @@ class Trainer:
         if not opts.data:
             raise ImcapError("--data is required (a directory written by `imcap prepro`)")
         self.data = PreproData.load(opts.data)
+        self.features = FeatureStore(opts.features_dir) if opts.features_dir else None
+        if self.features is not None and opts.finetune_cnn_after >= 0:
+            raise ImcapError("--finetune-cnn-after needs images: precomputed --features-dir features cannot fine-tune the CNN")
         self.device = pick_device(opts.device)
         torch.manual_seed(opts.seed)
         random.seed(opts.seed)
@@ -89,7 +113,12 @@ class Trainer:
                 rnn_size=opts.rnn_size, num_layers=opts.num_layers, rnn_type=opts.rnn_type, drop_prob_lm=opts.drop_prob_lm,
                 image_input=opts.image_input, vocab_size=self.data.vocab.vocab_size,
             )
-            self.model = build_model(args, cnn_weights=None if opts.start_from else opts.cnn_weights)
+            weights = None if opts.start_from else opts.cnn_weights
+            if self.features is not None:
+                args, weights = _args_for_features(args, self.features, self.data)
+            self.model = build_model(args, cnn_weights=weights)
+            if self.features is not None and self.features.meta.get("cnn_weights") == "checkpoint":
+                _load_backbone(self.model, self.features.meta["source_checkpoint"])
             self.model.args.image_size = self.model.encoder.input_size
             if opts.start_from:
                 self.model.load_state_dict(load_checkpoint(opts.start_from)["model"])
@@ -99,7 +128,8 @@ class Trainer:
         self.cnn_from_scratch = not self.model.encoder.pretrained
         self.optimizer = _make_optimizer(opts.optim, self.model.language_parameters(), opts.learning_rate, opts.optim_alpha, opts.optim_beta, opts.optim_epsilon)
         cnn_lr = opts.learning_rate if self.cnn_from_scratch else opts.cnn_learning_rate
-        self.cnn_optimizer = _make_optimizer(opts.cnn_optim, self.model.backbone_parameters(), cnn_lr, opts.cnn_optim_alpha, opts.cnn_optim_beta, opts.optim_epsilon, opts.cnn_weight_decay)
+        backbone = self.model.backbone_parameters()  # empty for models on region features
+        self.cnn_optimizer = _make_optimizer(opts.cnn_optim, backbone, cnn_lr, opts.cnn_optim_alpha, opts.cnn_optim_beta, opts.optim_epsilon, opts.cnn_weight_decay) if backbone else None
         self.iteration, self.epoch, self.position = 0, 0, 0
         self.history: dict = {"train_loss": [], "val": [], "best_metrics": None}
         self.best_score, self.best_iteration = -math.inf, -1
@@ -109,7 +139,8 @@ class Trainer:
         if ckpt is not None:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.cnn_optimizer.load_state_dict(ckpt["cnn_optimizer"])
+            if self.cnn_optimizer is not None:
+                self.cnn_optimizer.load_state_dict(ckpt["cnn_optimizer"])
             self.iteration, self.epoch, self.position = ckpt["iteration"], ckpt["epoch"], ckpt["position"]
             self.history = ckpt["history"]
             self.best_score, self.best_iteration = ckpt["best_score"], ckpt["best_iteration"]
@@ -120,6 +151,8 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def cnn_trains(self) -> bool:
         """neuraltalk2's finetune_cnn_after; a CNN with no pretrained weights always trains."""
+        if self.features is not None:
+            return False
         after = self.opts.finetune_cnn_after
         return self.cnn_from_scratch or (after >= 0 and self.iteration >= after)
 
@@ -128,11 +161,11 @@ class Trainer:
         opts = self.opts
         self.model.train()
         train_cnn = self.cnn_trains()
-        if not train_cnn:
+        if not train_cnn and self.model.encoder.backbone is not None:
             self.model.encoder.backbone.eval()  # frozen: BatchNorm statistics stay fixed too
         images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
         inputs, targets = teacher_forcing_batch(labels)  # (B, n, T), (B*n, T)
-        logits = self.model(images, inputs, train_backbone=train_cnn)  # (B*n, T, V+1)
+        logits = self.model(images, inputs, train_backbone=train_cnn, from_features=self.features is not None)  # (B*n, T, V+1)
         loss = caption_loss(logits, targets)
         value = float(loss.detach())
         if not math.isfinite(value) or value > self.max_loss:
@@ -142,7 +175,8 @@ class Trainer:
                 "try a lower --learning-rate or --grad-clip"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        self.cnn_optimizer.zero_grad(set_to_none=True)
+        if self.cnn_optimizer is not None:
+            self.cnn_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         lr = decayed_lr(opts.learning_rate, self.iteration, opts.learning_rate_decay_start, opts.learning_rate_decay_every)
         for group in self.optimizer.param_groups:
@@ -162,7 +196,7 @@ class Trainer:
         """Validation loss (and language metrics); updates history and the best score."""
         opts = self.opts
         decode_opts = DecodeOptions(max_length=self.data.max_length)
-        result = evaluate_split(self.model, self.data, "val", decode_opts, opts.val_images_use, batch_size=max(opts.batch_size, 32), seq_per_img=opts.seq_per_img, device=self.device, language_eval=opts.language_eval, progress=False)
+        result = evaluate_split(self.model, self.data, "val", decode_opts, opts.val_images_use, batch_size=max(opts.batch_size, 32), seq_per_img=opts.seq_per_img, device=self.device, language_eval=opts.language_eval, progress=False, features=self.features)
         entry = {"iteration": self.iteration, "epoch": self.epoch, "loss": result["loss"], **result["metrics"]}
         self.history["val"].append(entry)
         score = entry["CIDEr"] if opts.language_eval and "CIDEr" in entry else -entry["loss"]
@@ -179,7 +213,7 @@ class Trainer:
             "model_args": asdict(self.model.args),
             "vocab": self.data.vocab.to_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "cnn_optimizer": self.cnn_optimizer.state_dict(),
+            "cnn_optimizer": self.cnn_optimizer.state_dict() if self.cnn_optimizer is not None else None,
             "iteration": self.iteration,
             "epoch": self.epoch,
             "position": self.position,
@@ -220,7 +254,7 @@ class Trainer:
             raise ImcapError("give --max-iters or --max-epochs (neuraltalk2 trained forever by default)")
         self.run.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.run / "options.json", asdict(opts))
-        dataset = CaptionDataset(self.data, self.train_indices, self.model.encoder.input_size, opts.seq_per_img, opts.seed)
+        dataset = CaptionDataset(self.data, self.train_indices, self.model.encoder.input_size, opts.seq_per_img, opts.seed, self.features, self.model.feature_kind)
         per_epoch = math.ceil(len(dataset) / opts.batch_size)
         total = opts.max_iters if opts.max_iters >= 0 else per_epoch * opts.max_epochs
         if opts.max_iters >= 0 and opts.max_epochs >= 0:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from imcap.data.features import FeatureStore
 from imcap.data.images import image_to_tensor, load_image
 from imcap.data.vocab import Vocab
 from imcap.errors import ImcapError
@@ -67,22 +68,30 @@ class PreproData:
 
 
 class CaptionDataset(Dataset):
-    """Items are (image (3, S, S) in [0, 1], labels (seq_per_img, max_length) int64, image index)."""
+    """Items are (image (3, S, S) in [0, 1], labels (seq_per_img, max_length) int64, image index).
 
-    def __init__(self, data: PreproData, indices: list[int], image_size: int, seq_per_img: int, seed: int = 0) -> None:
+    With a FeatureStore the first item is the image's precomputed features of `feature_kind` instead.
+    """
+
+    def __init__(self, data: PreproData, indices: list[int], image_size: int, seq_per_img: int, seed: int = 0, features: FeatureStore | None = None, feature_kind: str = "pooled") -> None:
         self.data = data
         self.indices = indices
         self.image_size = image_size
         self.seq_per_img = seq_per_img
         self.seed = seed
         self.epoch = 0
+        self.features = features
+        self.feature_kind = feature_kind
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, pos: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         i = self.indices[pos]
-        image = image_to_tensor(load_image(self.data.image_path(i)), self.image_size)
+        if self.features is not None:
+            image = self.features.get(self.data.images[i]["id"], self.feature_kind)
+        else:
+            image = image_to_tensor(load_image(self.data.image_path(i)), self.image_size)
         caps = self.data.captions_of(i)  # (n, L)
         rng = np.random.default_rng([self.seed, self.epoch, i])  # same choice on resume, in any worker
         n = caps.shape[0]

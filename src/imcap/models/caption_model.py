@@ -27,6 +27,7 @@ class ModelArgs:
     rnn_type: str = "lstm"
     drop_prob_lm: float = 0.5
     image_input: str = "first"
+    feature_dim: int = 0  # size of precomputed region features when cnn is "none"
     vocab_size: int = 0
 
 
@@ -39,21 +40,40 @@ class CaptionModel(nn.Module):
         self.decoder = decoder
         self.args = args
 
-    def encode(self, images: torch.Tensor, train_backbone: bool = True) -> torch.Tensor:
-        """Images (B, 3, S, S) in [0, 1] -> decoder features (B, E); no backbone gradient when frozen."""
-        with torch.set_grad_enabled(train_backbone and torch.is_grad_enabled()):
-            pooled = self.encoder.backbone.pool(self.encoder.grid(images))  # (B, feature_dim)
-        return self.encoder.head(pooled)  # (B, E)
+    @property
+    def feature_kind(self) -> str:
+        """What the decoder reads: "pooled" (B, E) image embeddings or "spatial" (B, K, C) grids/regions."""
+        return getattr(self.decoder, "feature_kind", "pooled")
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor, train_backbone: bool = True) -> torch.Tensor:
-        """Images (B, 3, S, S) and tokens (B, n, T) (n captions per image) -> logits (B*n, T, V+1)."""
-        feats = self.encode(images, train_backbone)  # (B, E): the CNN runs once per image
+    def encode(self, images: torch.Tensor, train_backbone: bool = True) -> torch.Tensor:
+        """Images (B, 3, S, S) in [0, 1] -> decoder features; no backbone gradient when frozen."""
+        with torch.set_grad_enabled(train_backbone and torch.is_grad_enabled()):
+            grid = self.encoder.grid(images)  # (B, C, h, w)
+            if self.feature_kind == "pooled":
+                pooled = self.encoder.pool(grid)  # (B, feature_dim)
+        if self.feature_kind == "pooled":
+            return self.encoder.head(pooled)  # (B, E): the head always trains
+        return grid.flatten(2).transpose(1, 2)  # (B, h*w, C)
+
+    def encode_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """Precomputed features -> decoder features: pooled (B, D) or spatial/regions (B, K, C)."""
+        if self.feature_kind == "pooled":
+            if feats.dim() == 3:
+                feats = feats.mean(dim=1)  # regions -> one vector
+            return self.encoder.head(feats)  # (B, E)
+        if feats.dim() != 3:
+            raise ImcapError(f"{self.args.model} needs spatial or region features (B, K, C), got {tuple(feats.shape)}")
+        return feats
+
+    def forward(self, inputs: torch.Tensor, tokens: torch.Tensor, train_backbone: bool = True, from_features: bool = False) -> torch.Tensor:
+        """Images (B, 3, S, S) or precomputed features, and tokens (B, n, T) -> logits (B*n, T, V+1)."""
+        feats = self.encode_features(inputs) if from_features else self.encode(inputs, train_backbone)  # once per image
         n = tokens.size(1)
         return self.decoder(feats.repeat_interleave(n, dim=0), tokens.flatten(0, 1))
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """The CNN backbone's parameters (neuraltalk2's `cnn_params`)."""
-        return list(self.encoder.backbone.parameters())
+        return list(self.encoder.backbone.parameters()) if self.encoder.backbone is not None else []
 
     def language_parameters(self) -> list[nn.Parameter]:
         """Everything else: the encoder head and the decoder."""
@@ -67,7 +87,7 @@ def build_model(args: ModelArgs, cnn_weights: str | None = None) -> CaptionModel
         raise ImcapError(f"unknown model {args.model!r}; choose one of {', '.join(DECODERS)}")
     if args.vocab_size <= 0:
         raise ImcapError("model_args.vocab_size must be positive")
-    encoder = build_encoder(args.cnn, args.input_encoding_size, cnn_weights, args.cnn_width, args.image_size)
+    encoder = build_encoder(args.cnn, args.input_encoding_size, cnn_weights, args.cnn_width, args.image_size, args.feature_dim)
     decoder = ShowTell(args.vocab_size, args.input_encoding_size, args.rnn_size, args.num_layers, args.drop_prob_lm, args.rnn_type, args.image_input)
     return CaptionModel(encoder, decoder, args)
 

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-ENCODERS = ("small", "vgg16", "resnet50", "resnet101")
+ENCODERS = ("small", "vgg16", "resnet50", "resnet101", "none")
 
 
 class SmallBackbone(nn.Module):
@@ -93,12 +93,17 @@ class ResNetBackbone(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """Backbone + Linear(feature_dim -> encoding_size) + ReLU; `forward` returns (B, encoding_size)."""
+    """Backbone + Linear(feature_dim -> encoding_size) + ReLU; `forward` returns (B, encoding_size).
 
-    def __init__(self, backbone: nn.Module, encoding_size: int, input_size: int, name: str, pretrained: bool) -> None:
+    With no backbone (cnn "none") the model reads precomputed region features only.
+    """
+
+    def __init__(self, backbone: nn.Module | None, encoding_size: int, input_size: int, name: str, pretrained: bool, feature_dim: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Linear(backbone.feature_dim, encoding_size), nn.ReLU(inplace=True))
+        self.feature_dim = backbone.feature_dim if backbone is not None else feature_dim
+        self.grid_dim = backbone.grid_dim if backbone is not None else feature_dim
+        self.head = nn.Sequential(nn.Linear(self.feature_dim, encoding_size), nn.ReLU(inplace=True))
         self.name = name
         self.input_size = input_size
         self.encoding_size = encoding_size
@@ -108,7 +113,13 @@ class ImageEncoder(nn.Module):
 
     def grid(self, images: torch.Tensor) -> torch.Tensor:
         """Return the backbone's spatial feature map (B, C, h, w) for images in [0, 1]."""
+        if self.backbone is None:
+            raise ImcapError("this model was trained on precomputed region features and has no CNN; give it features (--features-dir)")
         return self.backbone.grid((images - self.mean) / self.std)
+
+    def pool(self, grid: torch.Tensor) -> torch.Tensor:
+        """Backbone pooling of a grid (B, C, h, w) -> (B, feature_dim) (fc7 for VGG)."""
+        return self.backbone.pool(grid)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return image embeddings (B, encoding_size) for images (B, 3, S, S) in [0, 1]."""
@@ -141,13 +152,18 @@ def _load_state(path: Path) -> dict:
     return state
 
 
-def build_encoder(name: str = "small", encoding_size: int = 512, weights: str | None = "imagenet", width: int = 32, input_size: int | None = None) -> ImageEncoder:
+def build_encoder(name: str = "small", encoding_size: int = 512, weights: str | None = "imagenet", width: int = 32, input_size: int | None = None, feature_dim: int = 0) -> ImageEncoder:
     """Return an encoder: `name` in ENCODERS; `weights` is "imagenet" (local torch cache), None (random) or a file path.
 
     The small CNN has no ImageNet weights and always starts from random init (or from a file path).
+    "none" has no CNN: only a head over precomputed features of size `feature_dim`.
     """
     if name not in ENCODERS:
         raise ImcapError(f"unknown CNN {name!r}; choose one of {', '.join(ENCODERS)}")
+    if name == "none":
+        if feature_dim <= 0:
+            raise ImcapError("cnn 'none' needs precomputed features (--features-dir)")
+        return ImageEncoder(None, encoding_size, input_size or 0, name, True, feature_dim)
     if name == "small":
         backbone: nn.Module = SmallBackbone(width)
         size = input_size or 64

@@ -7,7 +7,7 @@ import numpy as np
 
 from imcap.data.vocab import Vocab
 from imcap.errors import ImcapError
-from imcap.reference.data import load_array, overfit_set, placeholder_vocab
+from imcap.reference.data import load_array, load_prepro, overfit_set, placeholder_vocab
 from imcap.reference.gradcheck import ORDER, STEP, TOLERANCE, gradcheck
 from imcap.reference.model import CELL_TYPES, CaptioningRNN
 from imcap.reference.notebook import notebook_checks
@@ -38,24 +38,35 @@ def _mark(ok: bool) -> str:
 
 
 def load_training_set(opts: ReferenceTrainOptions) -> tuple[CaptionData, Vocab, str]:
-    """The data to overfit: the given .npy files, or the built-in set; cut to `num_train` captions."""
+    """The data to overfit: .npy files, a prepro folder, or the built-in set; cut to `num_train` captions."""
     vocab = Vocab.load(opts.vocab) if opts.vocab else None
-    if (opts.features is None) != (opts.captions is None):
-        raise ImcapError("--features and --captions: give both or neither")
+    if opts.prepro and opts.captions:
+        raise ImcapError("--prepro and --captions: give one of them")
+    has_captions = bool(opts.prepro or opts.captions)
+    if (opts.features is None) == has_captions:
+        raise ImcapError("--features: give it together with --captions or --prepro, or neither")
     if opts.features is None:
         data, vocab, source = overfit_set(opts.num_train, opts.feature_dim, seed=opts.seed, vocab=vocab,
                                           flickr8k_dir=Path(opts.flickr8k))
         return data, vocab, f"built-in set: random {opts.feature_dim}-d features, captions from {source}"
-    features, captions = load_array(opts.features, "features"), load_array(opts.captions, "captions")
-    idxs = load_array(opts.image_idxs, "image_idxs") if opts.image_idxs else None
-    if vocab is None:
-        vocab = placeholder_vocab(captions)
-    elif captions.max() >= len(vocab) or captions.min() < 0:
-        raise ImcapError(f"{opts.captions}: word ids outside the {len(vocab)}-word vocabulary {opts.vocab}")
-    data = CaptionData(features, captions, idxs, name=opts.captions)
+    features = load_array(opts.features, "features")
+    if opts.prepro:
+        captions, idxs, prepro_vocab = load_prepro(opts.prepro, opts.split)
+        vocab = prepro_vocab if vocab is None else vocab
+        if idxs.max() >= len(features):
+            raise ImcapError(f"{opts.features}: {len(features)} feature rows, but {opts.prepro} has more images "
+                             "(one row per images.json entry)")
+        source = f"{opts.features} + {opts.prepro} ({opts.split})"
+    else:
+        captions = load_array(opts.captions, "captions")
+        idxs = load_array(opts.image_idxs, "image_idxs") if opts.image_idxs else None
+        vocab = placeholder_vocab(captions) if vocab is None else vocab
+        source = f"{opts.features} + {opts.captions}"
+    if captions.max() >= len(vocab) or captions.min() < 0:
+        raise ImcapError(f"{opts.prepro or opts.captions}: word ids outside the {len(vocab)}-word vocabulary")
+    data = CaptionData(features, captions, idxs, name=opts.prepro or opts.captions)
     n = min(opts.num_train, len(data))
-    data = CaptionData(data.features, data.captions[:n], data.image_idxs[:n], name=opts.captions)
-    return data, vocab, f"{opts.features} + {opts.captions}"
+    return CaptionData(data.features, data.captions[:n], data.image_idxs[:n], name=data.name), vocab, source
 
 
 def run_train(opts: ReferenceTrainOptions) -> int:

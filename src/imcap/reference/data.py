@@ -1,6 +1,7 @@
 """Training sets for the reference engine: .npy features/captions, or a small built-in overfitting set."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,41 @@ def encode_captions(token_lists: list[list[str]], vocab: Vocab, max_words: int) 
         ids = [START, *vocab.encode(tokens, max_words), END]
         out[k, : len(ids)] = ids
     return out
+
+
+def with_start_end(labels: np.ndarray) -> np.ndarray:
+    """imcap prepro labels (K, L) (0-padded words) -> (K, L + 2) <START> words <END> <NULL>..."""
+    lengths = (labels != NULL).sum(axis=1)  # (K,) prepro pads at the end only
+    out = np.full((len(labels), labels.shape[1] + 2), NULL, dtype=np.int64)
+    out[:, 0] = START
+    out[:, 1:-1] = labels
+    out[np.arange(len(labels)), lengths + 1] = END
+    return out
+
+
+def load_prepro(folder: str | Path, split: str | None = "train") -> tuple[np.ndarray, np.ndarray, Vocab]:
+    """Captions of an `imcap prepro` folder: (captions (K, L+2) with <START>/<END>, image_idxs (K,), vocab).
+
+    image_idxs index the images of images.json in their order (the rows of features extracted for it);
+    `split` keeps the captions of that split's images only (None: all).
+    """
+    folder = Path(folder)
+    labels = load_array(folder / "labels.npy", "captions")
+    vocab = Vocab.load(folder / "vocab.json")
+    try:
+        images = json.loads((folder / "images.json").read_text(encoding="utf-8"))["images"]
+        rows = [(r, i) for i, im in enumerate(images) if split in (None, im["split"])
+                for r in range(im["label_start"], im["label_end"])]
+    except FileNotFoundError:
+        raise ImcapError(f"{folder / 'images.json'}: file not found (not an imcap prepro folder)") from None
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise ImcapError(f"{folder / 'images.json'}: not an imcap prepro manifest ({exc.__class__.__name__})") from None
+    if not rows:
+        raise ImcapError(f"{folder}: no captions of split {split!r}")
+    label_rows, image_idxs = (np.array(c) for c in zip(*rows))
+    if label_rows.max() >= len(labels):
+        raise ImcapError(f"{folder / 'images.json'}: label rows beyond the {len(labels)} of labels.npy")
+    return with_start_end(labels[label_rows]), image_idxs, vocab
 
 
 def read_first_captions(flickr8k_dir: Path, count: int) -> list[list[str]]:

@@ -20,6 +20,10 @@ class ReferenceTrainOptions:
                                                                     "<NULL>-padded)"})
     image_idxs: str | None = field(default=None, metadata={"help": "K int .npy: feature row of each caption "
                                                                       "(default: caption k -> row k)"})
+    prepro: str | None = field(default=None, metadata={"help": "imcap prepro folder to take the captions and vocab "
+                                                                  "from (instead of --captions); --features rows "
+                                                                  "follow its images.json"})
+    split: str = field(default="train", metadata={"help": "split of the --prepro images to use"})
     vocab: str | None = field(default=None, metadata={"help": "vocab.json from imcap prepro (word names)"})
     num_train: int = field(default=50, metadata={"help": "captions to overfit (first ones of the data)"})
     flickr8k: str = field(default=str(DEFAULT_FLICKR8K), metadata={
