@@ -83,3 +83,15 @@ def test_cnn_weights_from_file(tmp_path):
 def test_unknown_cnn():
     with pytest.raises(ImcapError, match="unknown CNN"):
         build_encoder("alexnet")
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("name", ["vgg16", "resnet50", "resnet101"])
+def test_real_pretrained_weights_when_cached(name):
+    from imcap.models.encoders import pretrained_weights_path
+
+    path = pretrained_weights_path(name)
+    if not path.exists():
+        pytest.skip(f"{path} is not in the local torch cache (downloading is not possible offline)")
+    enc = build_encoder(name, 16, "imagenet")
+    assert enc.pretrained

@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from imcap.attention_maps import attention_grid
 from imcap.checkpoint import load_checkpoint
 from imcap.data.images import image_to_tensor, load_image
-from imcap.data.vocab import Vocab
+from imcap.data.vocab import NULL, Vocab
 from imcap.decoding import DecodeOptions, decode
 from imcap.errors import ImcapError
 from imcap.models.caption_model import CaptionModel, build_model, model_args_from_dict
@@ -72,23 +73,60 @@ class Captioner:
             return image_to_tensor(image, self.image_size)
         return image_to_tensor(load_image(image), self.image_size)
 
-    @torch.no_grad()
-    def caption_tensors(self, images: torch.Tensor, opts: DecodeOptions | None = None) -> list[list[tuple[str, float]]]:
-        """A batch (B, 3, S, S) -> for each image, `opts.n` (caption, log-probability) pairs."""
-        opts = opts or DecodeOptions()
-        feats = self.model.encode(images.to(self.device))
-        seqs, scores = decode(self.model.decoder, feats, opts)  # (B, n, L), (B, n)
-        return [[(self.vocab.decode(seqs[b, j].tolist()), float(scores[b, j])) for j in range(seqs.size(1))] for b in range(seqs.size(0))]
+    @property
+    def has_attention(self) -> bool:
+        """Whether the decoder attends over image regions (`caption_tensors(..., return_attention=True)` works)."""
+        return getattr(self.model.decoder, "has_attention", False)
 
-    def caption(self, x: ImageLike | Sequence[ImageLike], beam_size: int = 1, max_length: int = 16, batch_size: int = 32, **decode_kwargs) -> str | list[str]:
-        """Caption one image (returns a string) or a list of images (returns a list of strings)."""
+    def _conditions(self, condition: str | Sequence[str] | None, batch: int) -> torch.Tensor | None:
+        """Condition ids (B, Lc) for a conditioned model (one text for all images, or one per image)."""
+        if not self.model.conditioned:
+            return None
+        if condition is None:
+            raise ImcapError(f"this {self.model.args.model} model is conditioned on {self.model.args.condition_field!r}: give a condition (--condition)")
+        texts = [condition] * batch if isinstance(condition, str) else list(condition)
+        if len(texts) != batch:
+            raise ImcapError(f"got {len(texts)} conditions for {batch} images")
+        return self.model.encode_condition(texts)
+
+    @torch.no_grad()
+    def caption_tensors(self, images: torch.Tensor, opts: DecodeOptions | None = None, return_attention: bool = False, condition: str | Sequence[str] | None = None) -> list[list[tuple]]:
+        """A batch (B, 3, S, S) -> for each image, `opts.n` (caption, log-probability) pairs.
+
+        With `return_attention` (attention decoders), each pair becomes (caption, log-probability, weights):
+        weights is a float tensor on the CPU with one row per generated token (the W words, then <END> unless
+        the caption was cut at max_length): (rows, h, w) over the CNN's h x w grid, or (rows, K) for region features.
+        `condition`: the text a conditioned decoder (coatt) reads, e.g. the answer; one for all images or one each.
+        """
+        opts = opts or DecodeOptions()
+        if return_attention and not self.has_attention:
+            raise ImcapError(f"{self.model.args.model} has no attention to show (use show_attend_tell or coatt)")
+        feats = self.model.encode(images.to(self.device), condition=self._conditions(condition, images.size(0)))
+        out = decode(self.model.decoder, feats, opts, return_attention=return_attention)  # (B, n, L), (B, n)[, (B, n, L, K)]
+        seqs, scores = out[0], out[1]
+        result = []
+        for b in range(seqs.size(0)):
+            row = []
+            for j in range(seqs.size(1)):
+                ids = seqs[b, j].tolist()
+                item: tuple = (self.vocab.decode(ids), float(scores[b, j]))
+                if return_attention:
+                    steps = sum(1 for t in ids if t != NULL)  # words and <END>
+                    item += (attention_grid(out[2][b, j, :steps].float().cpu(), self.model.grid_size),)
+                row.append(item)
+            result.append(row)
+        return result
+
+    def caption(self, x: ImageLike | Sequence[ImageLike], beam_size: int = 1, max_length: int = 16, batch_size: int = 32, condition: str | Sequence[str] | None = None, **decode_kwargs) -> str | list[str]:
+        """Caption one image (returns a string) or a list of images (returns a list of strings); `condition` for coatt."""
         single = not isinstance(x, (list, tuple)) and not (isinstance(x, torch.Tensor) and x.dim() == 4)
         items = [x] if single else list(x)
         opts = DecodeOptions(beam_size=beam_size, max_length=max_length, **decode_kwargs)
         out: list[str] = []
         for start in range(0, len(items), batch_size):
             batch = torch.stack([self.to_tensor(im) for im in items[start : start + batch_size]])
-            out += [caps[0][0] for caps in self.caption_tensors(batch, opts)]
+            cond = condition if condition is None or isinstance(condition, str) else list(condition)[start : start + batch_size]
+            out += [caps[0][0] for caps in self.caption_tensors(batch, opts, condition=cond)]
         return out[0] if single else out
 
     def model_card(self) -> dict:
@@ -96,10 +134,12 @@ class Captioner:
         return {"model_args": asdict(self.model.args), "vocab_size": len(self.vocab), **self.info}
 
 
-def caption_paths(captioner: Captioner, paths: Sequence[str], opts: DecodeOptions, batch_size: int = 32, progress: bool = True) -> tuple[list[dict], list[tuple[str, str]]]:
+def caption_paths(captioner: Captioner, paths: Sequence[str], opts: DecodeOptions, batch_size: int = 32, progress: bool = True, return_attention: bool = False, condition: str | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
     """Caption files, folders and globs in batches; bad images are skipped.
 
-    Returns ([{"file", "caption", "score", "captions"}], [(file, problem) for each skipped file]).
+    Returns ([{"file", "caption", "score", "captions"}], [(file, problem) for each skipped file]);
+    with `return_attention` every result also has "attention" (the best caption's (W+1, h, w) maps).
+    `condition`: the text a conditioned model (coatt) reads for every image, e.g. the answer.
     """
     from tqdm import tqdm
 
@@ -119,8 +159,10 @@ def caption_paths(captioner: Captioner, paths: Sequence[str], opts: DecodeOption
                 skipped.append((str(f), str(exc)))
                 log.warning("skipped %s", exc)
         if tensors:
-            for name, caps in zip(names, captioner.caption_tensors(torch.stack(tensors), opts)):
-                results.append({"file": name, "caption": caps[0][0], "score": caps[0][1], "captions": [c for c, _ in caps]})
+            for name, caps in zip(names, captioner.caption_tensors(torch.stack(tensors), opts, return_attention, condition)):
+                results.append({"file": name, "caption": caps[0][0], "score": caps[0][1], "captions": [c[0] for c in caps]})
+                if return_attention:
+                    results[-1]["attention"] = caps[0][2]
         bar.update(len(files[start : start + batch_size]))
     bar.close()
     return results, skipped

@@ -72,14 +72,15 @@ def _add_synth(sub) -> None:
     p.add_argument("--images", type=int, default=3000, help="number of images (default: 3000)")
     p.add_argument("--seed", type=int, default=123, help="random seed; same seed, same bytes (default: 123)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels, 64-128 (default: 64)")
+    p.add_argument("--task", default="captions", choices=("captions", "vqa"), help="captions (default), or vqa: question/answer pairs about each scene (train `--model coatt` on answer -> question)")
     p.set_defaults(func=_run_synth)
 
 
 def _run_synth(args) -> int:
     from imcap.data.synth import generate_scenes
 
-    path = generate_scenes(args.out, num_images=args.images, seed=args.seed, image_size=args.size)
-    print(f"wrote {args.images} images and {path}")
+    path = generate_scenes(args.out, num_images=args.images, seed=args.seed, image_size=args.size, task=args.task)
+    print(f"wrote {args.images} images and {path}" + (" (question/answer pairs)" if args.task == "vqa" else ""))
     return 0
 
 
@@ -164,6 +165,8 @@ def _add_caption(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per batch")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--attention", default="", metavar="OUT_DIR", help="attention models: write OUT_DIR/<image>.png, the attention map of every generated word")
+    p.add_argument("--condition", default=None, help="conditioned models (coatt): the text to condition on for every image, e.g. the answer")
     p.set_defaults(func=_run_caption)
 
 
@@ -175,7 +178,14 @@ def _run_caption(args: argparse.Namespace) -> int:
 
     captioner = Captioner.load(args.model, args.device)
     opts = DecodeOptions(beam_size=args.beam_size, max_length=args.max_length, sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, n=args.num_captions)
-    results, skipped = caption_paths(captioner, args.paths, opts, args.batch_size)
+    results, skipped = caption_paths(captioner, args.paths, opts, args.batch_size, return_attention=bool(args.attention), condition=args.condition)
+    if args.attention:
+        from imcap.attention_maps import write_attention_maps
+
+        written = write_attention_maps(results, args.attention)
+        sys.stderr.write(f"wrote {len(written)} attention map(s) to {args.attention}\n")
+        for r in results:
+            del r["attention"]
     if args.json:
         print(json.dumps({"results": results, "skipped": [{"file": f, "error": e} for f, e in skipped]}, indent=2))
     else:

@@ -18,7 +18,7 @@ class TrainOptions:
     start_from: str = _opt("", "initialise the weights from this checkpoint (a fresh run otherwise)")
     features_dir: str = _opt("", "train on precomputed features (`imcap features` output, or region features: <id>.npy/.npz files or HDF5) instead of running the CNN")
     # model
-    model: str = _opt("show_tell", "decoder architecture")
+    model: str = _opt("show_tell", "decoder: show_tell (neuraltalk2), show_attend_tell (soft attention over the CNN grid or regions), coatt (IVQA co-attention conditioned on --condition-field)", choices=("show_tell", "show_attend_tell", "coatt"))
     cnn: str = _opt("small", "image encoder: small (trains from scratch), vgg16, resnet50, resnet101 (neuraltalk2: cnn_proto/cnn_model)")
     cnn_weights: str = _opt("imagenet", "CNN weights: imagenet (local torch cache), none (random), or a file path")
     cnn_width: int = _opt(32, "channels of the small CNN's first layer")
@@ -29,6 +29,12 @@ class TrainOptions:
     rnn_type: str = _opt("lstm", "RNN cell", choices=("lstm", "gru", "rnn"))
     drop_prob_lm: float = _opt(0.5, "dropout in the language model")
     image_input: str = _opt("first", "where the image enters the RNN: first (neuraltalk2, t=0) or every (concatenated to each word)", choices=("first", "every"))
+    condition_field: str = _opt("answer", "coatt: the images.json extra field the decoder is conditioned on (e.g. the answer of `imcap synth --task vqa`)")
+    alpha_c: float = _opt(0.0, "show_attend_tell/coatt: weight of the doubly stochastic attention regulariser: (1 - sum_t alpha_tk)^2 averaged over regions k (0: off)")
+    scheduled_sampling_start: int = _opt(-1, "iteration at which scheduled sampling starts: model samples replace input words (-1: pure teacher forcing)")
+    ss_increase_every: int = _opt(500, "raise the scheduled-sampling probability every this many iterations")
+    ss_increase_prob: float = _opt(0.05, "raise the scheduled-sampling probability by this much each time")
+    ss_max_prob: float = _opt(0.25, "up to this probability")
     # optimisation
     max_iters: int = _opt(-1, "stop after this many iterations (-1: no limit)")
     max_epochs: int = _opt(-1, "stop after this many epochs (-1: no limit)")
@@ -60,6 +66,20 @@ class TrainOptions:
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     num_workers: int = _opt(0, "DataLoader worker processes")
     progress: bool = _opt(True, "show a progress bar")
+    # self-critical sequence training (imcap.scst)
+    self_critical_after: int = _opt(-1, "switch from cross-entropy to self-critical training (SCST, CIDEr-D reward) after this many iterations (-1: never); RUN/xe.pt keeps the cross-entropy model")
+    sc_sample_n: int = _opt(5, "SCST: captions sampled per image")
+    sc_baseline: str = _opt("greedy", "SCST baseline: greedy (reward of the greedy caption) or mean (mean reward of the other samples)", choices=("greedy", "mean"))
+    sc_bleu4_weight: float = _opt(0.0, "SCST: add this times BLEU-4 to the CIDEr-D reward")
+    sc_entropy_weight: float = _opt(0.0, "SCST: entropy bonus weight (keeps sampling diverse)")
+    sc_unfinished_penalty: float = _opt(0.0, "SCST: subtract this from the reward of samples that never say <END>")
+    sc_temperature: float = _opt(1.0, "SCST: sampling temperature")
+    # speed and scale (imcap.speed, imcap.distributed)
+    amp: bool = _opt(False, "mixed precision: autocast (bf16, or fp16 with loss scaling on GPUs without bf16)")
+    amp_dtype: str = _opt("auto", "--amp dtype: auto, bf16 or fp16", choices=("auto", "bf16", "fp16"))
+    compile: bool = _opt(False, "torch.compile the model (falls back to eager with a warning when compiling fails)")
+    channels_last: bool = _opt(True, "channels_last memory format for the CNN on GPUs")
+    nproc: int = _opt(1, "train with this many processes on this machine (runs torchrun; --batch-size is per process)")
 
 
 

@@ -1,7 +1,8 @@
 """Decoding for every decoder that implements the step interface (see models/show_tell.py).
 
 greedy, sampling (temperature, top-k, top-p) and beam search batched over the whole batch.
-All return token ids padded with <NULL> after <END>.
+All return token ids padded with <NULL> after <END>; with `return_attention=True` they also return the
+per-word attention weights of decoders that have them (`decoder.has_attention`, `decoder.last_alpha`).
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from imcap.data.vocab import END, NULL, START
+
+Features = torch.Tensor | tuple[torch.Tensor, ...]  # (B, E) pooled, (B, K, C) regions, or a tuple such as (regions, condition ids)
 
 
 @dataclass
@@ -35,15 +38,41 @@ def _mask_special(logprobs: torch.Tensor) -> torch.Tensor:
     return logprobs
 
 
-def _run(decoder, feats: torch.Tensor, max_length: int, choose: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Feed back `choose(logprobs)` until every row said <END> or `max_length` + 1 steps."""
-    batch = feats.size(0)
+def feature_batch(feats: Features) -> tuple[int, torch.device]:
+    """Batch size and device of decoder features: a tensor (B, ...) or a tuple of them (e.g. regions and a condition)."""
+    first = feats[0] if isinstance(feats, tuple) else feats
+    return first.size(0), first.device
+
+
+def repeat_features(feats: Features, n: int) -> Features:
+    """Repeat every image's features `n` times along the batch (B -> B*n), tuples part by part."""
+    if isinstance(feats, tuple):
+        return tuple(f.repeat_interleave(n, dim=0) for f in feats)
+    return feats.repeat_interleave(n, dim=0)
+
+
+def _attention(decoder) -> torch.Tensor:
+    """The attention weights (B, K) of the decoder's last step."""
+    alpha = getattr(decoder, "last_alpha", None)
+    if alpha is None:
+        raise ValueError(f"{decoder.__class__.__name__} has no attention weights to return")
+    return alpha
+
+
+def _run(decoder, feats: Features, max_length: int, choose: Callable[[torch.Tensor], torch.Tensor], attention: bool = False) -> tuple[torch.Tensor, ...]:
+    """Feed back `choose(logprobs)` until every row said <END> or `max_length` + 1 steps.
+
+    Returns ids (B, L), log-probabilities (B, L) and, with `attention`, the weights (B, L, K) of each step.
+    """
+    batch, device = feature_batch(feats)
     state = decoder.init_state(feats)
-    tokens = torch.full((batch,), START, dtype=torch.long, device=feats.device)
-    done = torch.zeros(batch, dtype=torch.bool, device=feats.device)
-    seqs, logps = [], []
+    tokens = torch.full((batch,), START, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    seqs, logps, alphas = [], [], []
     for _ in range(max_length + 1):
         logprobs, state = decoder.step(tokens, state)
+        if attention:
+            alphas.append(_attention(decoder).masked_fill(done.unsqueeze(1), 0.0))  # (B, K)
         logprobs = _mask_special(logprobs)  # (B, V+1)
         tokens = choose(logprobs).masked_fill(done, NULL)  # (B,)
         logps.append(logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1).masked_fill(done, 0.0))
@@ -51,12 +80,13 @@ def _run(decoder, feats: torch.Tensor, max_length: int, choose: Callable[[torch.
         done = done | (tokens == END)
         if bool(done.all()):
             break
-    return torch.stack(seqs, 1), torch.stack(logps, 1)  # (B, L), (B, L)
+    out = (torch.stack(seqs, 1), torch.stack(logps, 1))  # (B, L), (B, L)
+    return (*out, torch.stack(alphas, 1)) if attention else out
 
 
-def greedy(decoder, feats: torch.Tensor, max_length: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the arg-max caption ids (B, L) and their log-probabilities (B, L)."""
-    return _run(decoder, feats, max_length, lambda lp: lp.argmax(dim=1))
+def greedy(decoder, feats: Features, max_length: int = 16, return_attention: bool = False) -> tuple[torch.Tensor, ...]:
+    """Return the arg-max caption ids (B, L), their log-probabilities (B, L) [and attention weights (B, L, K)]."""
+    return _run(decoder, feats, max_length, lambda lp: lp.argmax(dim=1), return_attention)
 
 
 def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -72,23 +102,24 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch
     return logits
 
 
-def sample(decoder, feats: torch.Tensor, max_length: int = 16, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample captions; returns ids (B, L) and the model's log-probabilities of the sampled ids (B, L)."""
+def sample(decoder, feats: Features, max_length: int = 16, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None, return_attention: bool = False) -> tuple[torch.Tensor, ...]:
+    """Sample captions; returns ids (B, L), the model's log-probabilities of the sampled ids (B, L) [and attention (B, L, K)]."""
 
     def choose(logprobs: torch.Tensor) -> torch.Tensor:
         logits = _filter_top_k_top_p(logprobs.detach() / temperature, top_k, top_p)
         return torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)
 
-    return _run(decoder, feats, max_length, choose)
+    return _run(decoder, feats, max_length, choose, return_attention)
 
 
-def beam_search(decoder, feats: torch.Tensor, beam_size: int = 3, max_length: int = 16, length_penalty: float = 0.0, n_best: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def beam_search(decoder, feats: Features, beam_size: int = 3, max_length: int = 16, length_penalty: float = 0.0, n_best: int = 1, return_attention: bool = False) -> tuple[torch.Tensor, ...]:
     """Beam search over the whole batch at once; returns ids (B, n_best, L) and scores (B, n_best).
 
     Scores are summed log-probabilities, divided by ((5 + length) / 6) ** length_penalty when it is > 0.
+    With `return_attention`, also the attention weights (B, n_best, L, K) that produced each kept word.
     """
-    batch, k = feats.size(0), beam_size
-    device = feats.device
+    batch, device = feature_batch(feats)
+    k = beam_size
     state = decoder.select_state(decoder.init_state(feats), torch.arange(batch, device=device).repeat_interleave(k))
     tokens = torch.full((batch * k,), START, dtype=torch.long, device=device)
     scores = torch.full((batch, k), float("-inf"), device=device)
@@ -96,8 +127,12 @@ def beam_search(decoder, feats: torch.Tensor, beam_size: int = 3, max_length: in
     seqs = torch.empty(batch, k, 0, dtype=torch.long, device=device)
     finished = torch.zeros(batch, k, dtype=torch.bool, device=device)
     offsets = (torch.arange(batch, device=device) * k).unsqueeze(1)  # (B, 1)
+    alphas = None
     for t in range(max_length + 1):
         logprobs, state = decoder.step(tokens, state)
+        if return_attention:
+            alpha = _attention(decoder).view(batch, k, 1, -1)  # (B, k, 1, K)
+            alphas = alpha if alphas is None else torch.cat([alphas, alpha], dim=2)  # (B, k, t+1, K): beam order before this step's reordering
         logprobs = _mask_special(logprobs).view(batch, k, -1)  # (B, k, V+1)
         vocab = logprobs.size(2)
         after_end = torch.full((vocab,), float("-inf"), device=device)
@@ -106,7 +141,11 @@ def beam_search(decoder, feats: torch.Tensor, beam_size: int = 3, max_length: in
         top_scores, top_idx = (scores.unsqueeze(2) + logprobs).view(batch, -1).topk(k, dim=1)  # (B, k)
         beam_idx, tokens2d = top_idx // vocab, top_idx % vocab
         seqs = torch.cat([seqs.gather(1, beam_idx.unsqueeze(2).expand(-1, -1, t)), tokens2d.unsqueeze(2)], dim=2)
-        finished = finished.gather(1, beam_idx) | (tokens2d == END)
+        was_finished = finished.gather(1, beam_idx)  # (B, k)
+        if alphas is not None:
+            alphas = alphas.gather(1, beam_idx.view(batch, k, 1, 1).expand(-1, -1, *alphas.shape[2:]))  # follow the beams
+            alphas[:, :, t] = alphas[:, :, t].masked_fill(was_finished.unsqueeze(2), 0.0)  # no attention for <NULL> after <END>
+        finished = was_finished | (tokens2d == END)
         scores = top_scores
         state = decoder.select_state(state, (beam_idx + offsets).view(-1))
         tokens = tokens2d.view(-1)
@@ -116,18 +155,25 @@ def beam_search(decoder, feats: torch.Tensor, beam_size: int = 3, max_length: in
         lengths = (seqs != NULL).sum(dim=2).float()  # (B, k), <END> included
         scores = scores / ((5.0 + lengths) / 6.0) ** length_penalty
     order = scores.argsort(dim=1, descending=True)[:, :n_best]  # (B, n_best)
-    return seqs.gather(1, order.unsqueeze(2).expand(-1, -1, seqs.size(2))), scores.gather(1, order)
+    out = (seqs.gather(1, order.unsqueeze(2).expand(-1, -1, seqs.size(2))), scores.gather(1, order))
+    if alphas is None:
+        return out
+    return (*out, alphas.gather(1, order.view(batch, -1, 1, 1).expand(-1, -1, *alphas.shape[2:])))
 
 
 @torch.no_grad()
-def decode(decoder, feats: torch.Tensor, opts: DecodeOptions, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return `opts.n` captions per image: ids (B, n, L) and scores (B, n) (summed log-probabilities)."""
+def decode(decoder, feats: Features, opts: DecodeOptions, generator: torch.Generator | None = None, return_attention: bool = False) -> tuple[torch.Tensor, ...]:
+    """Return `opts.n` captions per image: ids (B, n, L) and scores (B, n) (summed log-probabilities).
+
+    With `return_attention` (decoders with `has_attention`), also the attention weights (B, n, L, K) of every word.
+    """
     if (opts.beam_size > 1 or opts.n > 1) and not opts.sample:  # n greedy copies would be identical
-        return beam_search(decoder, feats, max(opts.beam_size, opts.n), opts.max_length, opts.length_penalty, n_best=opts.n)
-    feats_n = feats.repeat_interleave(opts.n, dim=0)  # (B*n, E)
+        return beam_search(decoder, feats, max(opts.beam_size, opts.n), opts.max_length, opts.length_penalty, n_best=opts.n, return_attention=return_attention)
+    feats_n = repeat_features(feats, opts.n)  # (B*n, ...)
     if opts.sample:
-        seqs, logps = sample(decoder, feats_n, opts.max_length, opts.temperature, opts.top_k, opts.top_p, generator)
+        out = sample(decoder, feats_n, opts.max_length, opts.temperature, opts.top_k, opts.top_p, generator, return_attention)
     else:
-        seqs, logps = greedy(decoder, feats_n, opts.max_length)
-    batch = feats.size(0)
-    return seqs.view(batch, opts.n, -1), logps.sum(dim=1).view(batch, opts.n)
+        out = greedy(decoder, feats_n, opts.max_length, return_attention)
+    batch = feature_batch(feats)[0]
+    result = (out[0].view(batch, opts.n, -1), out[1].sum(dim=1).view(batch, opts.n))
+    return (*result, out[2].view(batch, opts.n, *out[2].shape[1:])) if return_attention else result

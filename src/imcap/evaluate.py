@@ -12,7 +12,7 @@ from imcap.config import EvalOptions
 from imcap.data.features import FeatureStore
 from imcap.data.loader import CaptionDataset, PreproData, ResumableSampler, make_loader
 from imcap.data.vocab import END, NULL, START, tokenize
-from imcap.decoding import DecodeOptions, decode
+from imcap.decoding import DecodeOptions, decode, repeat_features
 from imcap.errors import ImcapError
 from imcap.models.caption_model import CaptionModel
 
@@ -60,8 +60,9 @@ def evaluate_split(model: CaptionModel, data: PreproData, split: str, decode_opt
     for images, labels, idx in tqdm(loader, desc=f"eval {split}", leave=False, disable=not progress):
         images, labels = images.to(device), labels.to(device)
         inputs, targets = teacher_forcing_batch(labels)
-        feats = model.encode_features(images) if features is not None else model.encode(images)
-        logits = model.decoder(feats.repeat_interleave(inputs.size(1), dim=0), inputs.flatten(0, 1))
+        condition = model.condition_for(data, idx.tolist()) if model.conditioned else None
+        feats = model.encode_features(images, condition) if features is not None else model.encode(images, condition=condition)
+        logits = model.decoder(repeat_features(feats, inputs.size(1)), inputs.flatten(0, 1))
         total_loss += float(caption_loss(logits, targets))
         batches += 1
         seqs, _ = decode(model.decoder, feats, decode_opts)

@@ -264,6 +264,8 @@ UNICODE_WHITESPACE = [
     "private \ue000 use",
     "MIXED case WORDS",
     "x\u0080y and \u0096 and \u0097",
+    "x \u00a0www.a.com and y \u2009b.com",
+    "1st\u2009me@x.com\u200b}",
 ]
 
 ENTITIES_MISC = [

@@ -94,8 +94,8 @@ def test_train_on_an_imcap_prepro_folder(tiny_data, tmp_path, capsys):
                        "--num-train", "12", "--num-epochs", "2", *SMALL)
     assert code == 0, out
     first = next(im for im in images if im["split"] == "train")
-    truth = " ".join(Vocab.load(tiny_data / "vocab.json").decode(
-        Vocab.load(tiny_data / "vocab.json").encode(tokenize(first["captions"][0]), 16)).split())
+    vocab = Vocab.load(tiny_data / "vocab.json")
+    truth = vocab.decode(vocab.encode(tokenize(first["captions"][0]), 16))
     assert "data: 12 captions" in out and f"[0] truth:  {truth}\n" in out
     np.save(tmp_path / "few.npy", np.zeros((3, 6)))
     code, _, err = run(capsys, "reference", "train", "--prepro", tiny_data, "--features", tmp_path / "few.npy")

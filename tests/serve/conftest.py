@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'imcap[serve]')")
-pytest.importorskip("multipart", reason="the serve extra is not installed (pip install 'imcap[serve]')")
+pytest.importorskip("python_multipart", reason="the serve extra is not installed (pip install 'imcap[serve]')")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (pip install 'imcap[dev]')")
 
 from imcap.captioner import Captioner  # noqa: E402
@@ -43,6 +44,13 @@ def scene_paths(tiny_data: Path) -> list[Path]:
 def png(scene_paths: list[Path]) -> bytes:
     """One synthetic scene as PNG bytes."""
     return scene_paths[0].read_bytes()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def encode(img: Image.Image, fmt: str = "PNG") -> bytes:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ import pytest
 from imcap.serve.app import create_app
 from imcap.serve.settings import ServeSettings
 
-from .conftest import FakeIndex, expected_captions
+from .conftest import FakeIndex, expected_captions, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path(shutil.which("chromedriver") or "/usr/bin/chromedriver")
@@ -28,12 +27,6 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def serve() -> Iterator:
     """`serve(captioner, index=None)` -> the URL of a real uvicorn server on 127.0.0.1 (stopped at teardown)."""
@@ -42,7 +35,7 @@ def serve() -> Iterator:
     running: list[tuple[uvicorn.Server, threading.Thread]] = []
 
     def start(captioner, index=None) -> str:
-        port = _free_port()
+        port = free_port()
         config = uvicorn.Config(create_app(captioner, ServeSettings(), index), host="127.0.0.1", port=port, log_level="warning")
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)

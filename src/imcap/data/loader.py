@@ -66,6 +66,16 @@ class PreproData:
         im = self.images[i]
         return np.asarray(self.labels[im["label_start"] : im["label_end"]])
 
+    def condition_texts(self, indices: list[int], field: str) -> list[str]:
+        """The extra field `field` of images `indices` as text (a list of words is joined), e.g. VQA answers for coatt."""
+        out = []
+        for i in indices:
+            value = (self.images[i].get("extra") or {}).get(field)
+            if value is None:
+                raise ImcapError(f"{self.root / 'images.json'}: image {self.images[i]['id']!r} has no {field!r} field to condition on (see --condition-field)")
+            out.append(" ".join(map(str, value)) if isinstance(value, list) else str(value))
+        return out
+
 
 class CaptionDataset(Dataset):
     """Items are (image (3, S, S) in [0, 1], labels (seq_per_img, max_length) int64, image index).
@@ -100,10 +110,16 @@ class CaptionDataset(Dataset):
 
 
 class ResumableSampler(Sampler[int]):
-    """Shuffles positions with a permutation seeded by (seed, epoch) and starts at `start`."""
+    """Shuffles positions with a permutation seeded by (seed, epoch) and starts at `start`.
 
-    def __init__(self, size: int, seed: int, epoch: int = 0, start: int = 0, shuffle: bool = True) -> None:
+    With `world_size` > 1 (DistributedSampler's role) the epoch's order is padded by wrapping around to
+    a multiple of `world_size` and rank r reads every world_size-th item from `start` + r: the ranks
+    see disjoint shards of equal length. `start` counts items of the whole epoch, all ranks together.
+    """
+
+    def __init__(self, size: int, seed: int, epoch: int = 0, start: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
         self.size, self.seed, self.epoch, self.start, self.shuffle = size, seed, epoch, start, shuffle
+        self.rank, self.world_size = rank, world_size
 
     def order(self) -> list[int]:
         if not self.shuffle:
@@ -111,11 +127,23 @@ class ResumableSampler(Sampler[int]):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.size, generator=g).tolist()
 
+    def shard(self) -> list[int]:
+        """This rank's items from `start` on."""
+        order = self.order()
+        if self.world_size == 1:
+            return order[self.start :]
+        padded = [order[i % self.size] for i in range(-(-self.size // self.world_size) * self.world_size)] if self.size else []
+        rest = padded[self.start :]
+        rest += rest[: -len(rest) % self.world_size] if rest else []  # a resume with another world size
+        return rest[self.rank :: self.world_size]
+
     def __iter__(self):
-        return iter(self.order()[self.start :])
+        return iter(self.shard())
 
     def __len__(self) -> int:
-        return self.size - self.start
+        if self.world_size == 1:
+            return max(self.size - self.start, 0)
+        return len(self.shard())
 
 
 def make_loader(dataset: CaptionDataset, batch_size: int, sampler: Sampler, num_workers: int = 0, drop_last: bool = False) -> DataLoader:

@@ -443,6 +443,98 @@ def describe_scene(scene: Scene, rng: np.random.Generator, count: int = CAPTIONS
     raise RuntimeError(f"could not write {count} different captions for {scene}")
 
 
+# ----------------------------------------------------------------------------------------- questions
+
+TASKS = ("captions", "vqa")
+QUESTIONS_PER_IMAGE = 3
+COUNT_WORDS = ("one", "two", "three")
+# Paraphrases of each question kind; every question/answer pair gets all of its kind's as references.
+_QUESTIONS: dict[str, list[str]] = {
+    "colour": [
+        "What colour is the {shape}?",
+        "What is the colour of the {shape}?",
+        "Which colour does the {shape} have?",
+        "What color is the {shape}?",
+    ],
+    "shape": [
+        "What shape is the {color} object?",
+        "Which shape is {color}?",
+        "What is the {color} shape?",
+        "What kind of shape is the {color} one?",
+    ],
+    "size": [
+        "How big is the {color} {shape}?",
+        "What size is the {color} {shape}?",
+        "Is the {color} {shape} small or large?",
+        "How large is the {color} {shape}?",
+    ],
+    "count": [
+        "How many shapes are there?",
+        "How many objects are in the picture?",
+        "What is the number of shapes?",
+        "How many shapes can you see?",
+    ],
+}
+
+
+def question_candidates(scene: Scene) -> list[tuple[str, int | None, str]]:
+    """Every unambiguous (kind, object index or None, answer) of a scene.
+
+    "colour" asks about an object whose shape is unique in the scene, "shape" about one whose colour is
+    unique, "size" about any object (named by colour and shape), "count" about the whole image.
+    """
+    shapes = [o.shape for o in scene.objects]
+    colors = [o.color for o in scene.objects]
+    out: list[tuple[str, int | None, str]] = []
+    for k, obj in enumerate(scene.objects):
+        if shapes.count(obj.shape) == 1:
+            out.append(("colour", k, obj.color))
+        if colors.count(obj.color) == 1:
+            out.append(("shape", k, obj.shape))
+        out.append(("size", k, obj.size))
+    out.append(("count", None, COUNT_WORDS[len(scene.objects) - 1]))
+    return out
+
+
+def ask_questions(scene: Scene, rng: np.random.Generator, count: int = QUESTIONS_PER_IMAGE) -> list[dict]:
+    """Up to `count` different question/answer pairs about `scene`: {"kind", "object", "answer", "questions"}."""
+    candidates = question_candidates(scene)
+    picked = rng.choice(len(candidates), size=min(count, len(candidates)), replace=False)
+    pairs = []
+    for c in sorted(int(i) for i in picked):
+        kind, k, answer = candidates[c]
+        obj = scene.objects[k] if k is not None else None
+        slots = {"shape": obj.shape, "color": obj.color} if obj is not None else {}
+        pairs.append({"kind": kind, "object": k, "answer": answer, "questions": [t.format(**slots) for t in _QUESTIONS[kind]]})
+    return pairs
+
+
+def _question_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator that picks image `index`'s questions (separate from the scene's, so the images do not change)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, index, 0xA5C]))
+
+
+def _vqa_records(scene: Scene, index: int, filename: str, split: str, seed: int) -> list[dict]:
+    """One Karpathy-style record per question/answer pair: its questions are the "sentences", "answer" the condition."""
+    objects = [obj.to_dict() for obj in scene.objects]
+    return [
+        {
+            "id": f"{index:06d}-q{j}",
+            "imgid": index,
+            "filepath": "images",
+            "filename": filename,
+            "split": split,
+            "sentences": [{"raw": q, "tokens": tokenize(q)} for q in pair["questions"]],
+            "answer": pair["answer"],
+            "question_kind": pair["kind"],
+            "target": pair["object"],
+            "objects": objects,
+            "background": scene.background.name,
+        }
+        for j, pair in enumerate(ask_questions(scene, _question_rng(seed, index)))
+    ]
+
+
 # ----------------------------------------------------------------------------------------- the files
 
 _IMAGE_NAME = re.compile(r"^\d{6}\.png$")
@@ -504,9 +596,15 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def generate_scenes(
-    out_dir: str | Path, num_images: int = 3000, seed: int = 123, image_size: int = 64, progress: bool = True
+    out_dir: str | Path, num_images: int = 3000, seed: int = 123, image_size: int = 64, progress: bool = True, task: str = "captions"
 ) -> Path:
-    """Write `num_images` synthetic scenes and their captions under `out_dir`; return the captions.json path."""
+    """Write `num_images` synthetic scenes and their captions under `out_dir`; return the captions.json path.
+
+    task "vqa" writes the same images with question/answer pairs instead: one record per pair (id
+    "<image>-q<j>"), its paraphrased questions as "sentences" and the answer in "answer".
+    """
+    if task not in TASKS:
+        raise ImcapError(f"--task: must be one of {', '.join(TASKS)}, got {task!r}")
     _validate(num_images, image_size)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
@@ -522,6 +620,9 @@ def generate_scenes(
         scene = sample_scene(rng, image_size)
         filename = f"{index:06d}.png"
         render_scene(scene).save(out_dir / "images" / filename, format="PNG")
+        if task == "vqa":
+            records += _vqa_records(scene, index, filename, splits[index], seed)
+            continue
         sentences = [{"raw": raw, "tokens": tokenize(raw)} for raw in describe_scene(scene, rng)]
         records.append({
             "imgid": index,
@@ -537,6 +638,7 @@ def generate_scenes(
         "version": FORMAT_VERSION,
         "seed": seed,
         "image_size": image_size,
+        **({"task": task} if task != "captions" else {}),
         "images": records,
     }
     path = out_dir / "captions.json"

@@ -27,10 +27,18 @@ def check_pairs(gts: Mapping[Hashable, Sequence[str]], res: Mapping[Hashable, Se
     ids = list(gts)
     for key in ids:
         refs, hyp = gts[key], res[key]
-        if isinstance(refs, str) or not isinstance(refs, Sequence) or len(refs) == 0:
-            raise ImcapError(f"{where}: image {key!r} needs a non-empty list of reference captions")
-        if isinstance(hyp, str) or not isinstance(hyp, Sequence) or len(hyp) != 1:
-            raise ImcapError(f"{where}: image {key!r} needs a list with exactly one predicted caption")
-        if not isinstance(hyp[0], str) or not all(isinstance(r, str) for r in refs):
-            raise ImcapError(f"{where}: image {key!r} has a caption that is not a string")
+        if (type(refs) is list and refs and type(hyp) is list and len(hyp) == 1 and type(hyp[0]) is str
+                and all(type(r) is str for r in refs)):
+            continue
+        _check_one(key, refs, hyp, where)
     return ids
+
+
+def _check_one(key: Hashable, refs: Any, hyp: Any, where: str) -> None:
+    """Raise a precise error for one image's entries (or accept other sequence types)."""
+    if isinstance(refs, str) or not isinstance(refs, Sequence) or len(refs) == 0:
+        raise ImcapError(f"{where}: image {key!r} needs a non-empty list of reference captions")
+    if isinstance(hyp, str) or not isinstance(hyp, Sequence) or len(hyp) != 1:
+        raise ImcapError(f"{where}: image {key!r} needs a list with exactly one predicted caption")
+    if not isinstance(hyp[0], str) or not all(isinstance(r, str) for r in refs):
+        raise ImcapError(f"{where}: image {key!r} has a caption that is not a string")

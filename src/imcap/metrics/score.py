@@ -127,17 +127,19 @@ def _split_whitespace(caption: str, words: list[str]) -> list[str]:
 def evaluate(refs: Mapping[Hashable, Sequence[str]], preds: Mapping[Hashable, str | Sequence[str]],
              metrics: Iterable[str] | str | None = None, *, tokenize: bool = True,
              meteor_jar: str | os.PathLike[str] | None = None, spice_jar: str | os.PathLike[str] | None = None,
-             java: str | os.PathLike[str] | None = None) -> Evaluation:
+             java: str | os.PathLike[str] | None = None, tokenizer: PTBTokenizer | None = None) -> Evaluation:
     """Score `preds` ({id: caption}) against `refs` ({id: [captions]}): corpus and per-image values.
 
-    Captions are PTB-tokenized once (unless `tokenize=False`, for captions already tokenized).
+    Captions are PTB-tokenized once (unless `tokenize=False`, for captions already tokenized), by
+    `tokenizer` or a shared module-level one (whose cache speeds up repeated calls).
     METEOR and SPICE are skipped with one logged notice when Java or their jars are missing.
     """
     names = metric_names(metrics)
     ids, hyps, ref_lists = _check(refs, preds)
     if tokenize:
-        hyps = _tokenizer.tokenize_captions(hyps)
-        flat = _tokenizer.tokenize_captions([c for rs in ref_lists for c in rs])
+        tok = _tokenizer if tokenizer is None else tokenizer
+        hyps = tok.tokenize_captions(hyps)
+        flat = tok.tokenize_captions([c for rs in ref_lists for c in rs])
         pos = 0
         tokenized = []
         for rs in ref_lists:

@@ -15,6 +15,8 @@ from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from imcap.metrics._inputs import check_pairs
 from imcap.metrics.meteor import MetricUnavailable, find_java, pycocoevalcap_dir
 
@@ -80,7 +82,7 @@ class Spice:
             results = json.loads(out_file.read_text())
         by_id = {item["image_id"]: item["scores"] for item in results}
         f_scores = [_to_float(item["scores"]["All"]["f"]) for item in results]
-        average = sum(f_scores) / len(f_scores) if f_scores else math.nan
+        average = float(np.mean(np.array(f_scores))) if f_scores else math.nan
         per_image = [{cat: {k: _to_float(v) for k, v in tup.items()} for cat, tup in by_id[i].items()} for i in ids]
         return average, per_image
 

@@ -25,8 +25,9 @@ PUNCTUATIONS = frozenset(
 )
 
 # Captions with these can hold tokens that span a space, or whose split depends on the next word,
-# so they are lexed whole; all others are lexed space-separated chunk by chunk, with a cache.
-_WHOLE = re.compile(rf"[<(+]|{_DIGIT_CLASS}|\. \.|[A-Za-z]\. ")
+# or whitespace that a run of spaces would swallow; they are lexed whole. All others are lexed
+# space-separated chunk by chunk, with a cache.
+_WHOLE = re.compile(rf"[<(+\t\u00a0\u2000-\u200a\u3000]|{_DIGIT_CLASS}|\. \.|[A-Za-z]\. ")
 _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _FOLLOW_CHARS = 64

@@ -10,7 +10,8 @@ The decoder reads spatial features (B, K, C): a CNN's grid flattened (VGG conv5 
     p(y_t) = softmax(W_o dropout(h_t + W_z z))       the context also feeds the output (deep output)
 
 h0 (and c0) come from the mean region feature. `attention_penalty` is the paper's doubly stochastic
-regulariser alpha_c * sum_k (1 - sum_t alpha_tk)^2.
+regulariser alpha_c * (1 - sum_t alpha_tk)^2, averaged over the K regions (and the batch) so that
+alpha_c means the same for a 7x7 grid and 36 regions.
 """
 from __future__ import annotations
 
@@ -76,9 +77,9 @@ class ShowAttendTell(nn.Module):
         self.last_alpha = alpha
         return torch.log_softmax(logits, dim=-1), (*core, state[n], state[n + 1])
 
-    def forward(self, feats: torch.Tensor, tokens: torch.Tensor, ss_prob: float = 0.0) -> torch.Tensor:
+    def forward(self, feats: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Region features (B, K, C) and input tokens (B, T) -> log-probabilities (B, T, V+1); alphas in `last_alphas`."""
-        return unroll(self, feats, tokens, ss_prob)
+        return unroll(self, feats, tokens)
 
     def select_state(self, state: State, index: torch.Tensor) -> State:
         """Keep (and reorder or repeat) batch rows `index` of a state."""
@@ -86,7 +87,7 @@ class ShowAttendTell(nn.Module):
 
 
 def attention_penalty(decoder: nn.Module, targets: torch.Tensor, alpha_c: float) -> torch.Tensor | float:
-    """Doubly stochastic regulariser over the last forward pass: alpha_c * mean_b sum_k (1 - sum_t alpha_btk)^2.
+    """Doubly stochastic regulariser over the last forward pass: alpha_c * mean over b, k of (1 - sum_t alpha_btk)^2.
 
     Only steps whose target is a real token (targets (B, T) != <NULL>) count; 0.0 when off or no attention.
     """
@@ -95,4 +96,4 @@ def attention_penalty(decoder: nn.Module, targets: torch.Tensor, alpha_c: float)
         return 0.0
     mask = (targets != NULL).to(alphas.dtype).unsqueeze(2)  # (B, T, 1)
     total = (alphas * mask).sum(dim=1)  # (B, K)
-    return alpha_c * ((1.0 - total) ** 2).sum(dim=1).mean()
+    return alpha_c * ((1.0 - total) ** 2).mean()

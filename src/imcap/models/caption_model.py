@@ -1,16 +1,20 @@
 """CaptionModel: an image encoder plus a decoder, built from a plain `model_args` dict."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
+from imcap.decoding import Features, repeat_features
 from imcap.errors import ImcapError
+from imcap.models.attention import ShowAttendTell
+from imcap.models.coatt import CoAttention, encode_conditions
 from imcap.models.encoders import ImageEncoder, build_encoder
+from imcap.models.scheduled import unroll
 from imcap.models.show_tell import ShowTell
 
-DECODERS = ("show_tell",)
+DECODERS = ("show_tell", "show_attend_tell", "coatt")
 
 
 @dataclass
@@ -29,6 +33,8 @@ class ModelArgs:
     image_input: str = "first"
     feature_dim: int = 0  # size of precomputed region features when cnn is "none"
     vocab_size: int = 0
+    condition_field: str = ""  # coatt: the images.json "extra" field it is conditioned on (e.g. "answer")
+    condition_vocab: list[str] = field(default_factory=list)  # coatt: the condition's words (ids 2...)
 
 
 class CaptionModel(nn.Module):
@@ -39,37 +45,65 @@ class CaptionModel(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.args = args
+        self.grid_size: tuple[int, ...] | None = None  # (h, w) of the last encoded CNN grid (attention maps)
 
     @property
     def feature_kind(self) -> str:
         """What the decoder reads: "pooled" (B, E) image embeddings or "spatial" (B, K, C) grids/regions."""
         return getattr(self.decoder, "feature_kind", "pooled")
 
-    def encode(self, images: torch.Tensor, train_backbone: bool = True) -> torch.Tensor:
-        """Images (B, 3, S, S) in [0, 1] -> decoder features; no backbone gradient when frozen."""
+    @property
+    def conditioned(self) -> bool:
+        """Whether the decoder also reads a condition (coatt: the answer), given to encode() as ids (B, Lc)."""
+        return getattr(self.decoder, "conditioned", False)
+
+    def encode_condition(self, texts: list[str]) -> torch.Tensor:
+        """Condition texts (e.g. answers) -> ids (B, Lc) in the model's condition vocabulary."""
+        return encode_conditions(texts, self.args.condition_vocab).to(self.encoder.mean.device)
+
+    def condition_for(self, data, indices: list[int]) -> torch.Tensor:
+        """Condition ids (B, Lc) of images `indices` of a PreproData (their `args.condition_field`)."""
+        return self.encode_condition(data.condition_texts(indices, self.args.condition_field))
+
+    def _with_condition(self, feats: torch.Tensor, condition: torch.Tensor | None) -> Features:
+        if not self.conditioned:
+            return feats
+        if condition is None:
+            raise ImcapError(f"{self.args.model} is conditioned on {self.args.condition_field or 'a text'}: give a condition")
+        return feats, condition
+
+    def encode(self, images: torch.Tensor, train_backbone: bool = True, condition: torch.Tensor | None = None) -> Features:
+        """Images (B, 3, S, S) in [0, 1] (and condition ids (B, Lc)) -> decoder features; no backbone gradient when frozen."""
         with torch.set_grad_enabled(train_backbone and torch.is_grad_enabled()):
             grid = self.encoder.grid(images)  # (B, C, h, w)
             if self.feature_kind == "pooled":
                 pooled = self.encoder.pool(grid)  # (B, feature_dim)
         if self.feature_kind == "pooled":
             return self.encoder.head(pooled)  # (B, E): the head always trains
-        return grid.flatten(2).transpose(1, 2)  # (B, h*w, C)
+        self.grid_size = tuple(grid.shape[2:])  # (h, w): attention maps are h x w
+        return self._with_condition(grid.flatten(2).transpose(1, 2), condition)  # (B, h*w, C)
 
-    def encode_features(self, feats: torch.Tensor) -> torch.Tensor:
-        """Precomputed features -> decoder features: pooled (B, D) or spatial/regions (B, K, C)."""
+    def encode_features(self, feats: torch.Tensor, condition: torch.Tensor | None = None) -> Features:
+        """Precomputed features (and condition ids (B, Lc)) -> decoder features: pooled (B, D) or spatial/regions (B, K, C)."""
         if self.feature_kind == "pooled":
             if feats.dim() == 3:
                 feats = feats.mean(dim=1)  # regions -> one vector
             return self.encoder.head(feats)  # (B, E)
         if feats.dim() != 3:
             raise ImcapError(f"{self.args.model} needs spatial or region features (B, K, C), got {tuple(feats.shape)}")
-        return feats
+        self.grid_size = None  # regions have no grid
+        return self._with_condition(feats, condition)
 
-    def forward(self, inputs: torch.Tensor, tokens: torch.Tensor, train_backbone: bool = True, from_features: bool = False) -> torch.Tensor:
-        """Images (B, 3, S, S) or precomputed features, and tokens (B, n, T) -> logits (B*n, T, V+1)."""
-        feats = self.encode_features(inputs) if from_features else self.encode(inputs, train_backbone)  # once per image
-        n = tokens.size(1)
-        return self.decoder(feats.repeat_interleave(n, dim=0), tokens.flatten(0, 1))
+    def forward(self, inputs: torch.Tensor, tokens: torch.Tensor, train_backbone: bool = True, from_features: bool = False, condition: torch.Tensor | None = None, ss_prob: float = 0.0) -> torch.Tensor:
+        """Images (B, 3, S, S) or precomputed features, and tokens (B, n, T) -> logits (B*n, T, V+1).
+
+        `ss_prob` > 0: scheduled sampling (each input word replaced by a model sample with this probability).
+        """
+        feats = self.encode_features(inputs, condition) if from_features else self.encode(inputs, train_backbone, condition)  # once per image
+        feats = repeat_features(feats, tokens.size(1))
+        if ss_prob > 0:
+            return unroll(self.decoder, feats, tokens.flatten(0, 1), ss_prob)
+        return self.decoder(feats, tokens.flatten(0, 1))
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """The CNN backbone's parameters (neuraltalk2's `cnn_params`)."""
@@ -88,7 +122,13 @@ def build_model(args: ModelArgs, cnn_weights: str | None = None) -> CaptionModel
     if args.vocab_size <= 0:
         raise ImcapError("model_args.vocab_size must be positive")
     encoder = build_encoder(args.cnn, args.input_encoding_size, cnn_weights, args.cnn_width, args.image_size, args.feature_dim)
-    decoder = ShowTell(args.vocab_size, args.input_encoding_size, args.rnn_size, args.num_layers, args.drop_prob_lm, args.rnn_type, args.image_input)
+    sizes = (args.input_encoding_size, args.rnn_size, args.num_layers, args.drop_prob_lm, args.rnn_type)
+    if args.model == "show_attend_tell":
+        decoder: nn.Module = ShowAttendTell(args.vocab_size, encoder.grid_dim, *sizes)
+    elif args.model == "coatt":
+        decoder = CoAttention(args.vocab_size, encoder.grid_dim, len(args.condition_vocab) + 2, *sizes)
+    else:
+        decoder = ShowTell(args.vocab_size, *sizes, args.image_input)
     return CaptionModel(encoder, decoder, args)
 
 

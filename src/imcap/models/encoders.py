@@ -22,16 +22,22 @@ ENCODERS = ("small", "vgg16", "resnet50", "resnet101", "none")
 
 
 class SmallBackbone(nn.Module):
-    """Four conv blocks that train from scratch on a CPU; pooled output keeps a coarse 4x4 layout."""
+    """Four strided conv blocks that train from scratch on a CPU; the grid is S/8 x S/8 (8x8 at 64 px).
+
+    Pooling keeps a coarse 4x4 layout, so "left of" and "above" stay visible to the decoder.
+    """
 
     def __init__(self, width: int = 32) -> None:
         super().__init__()
         chans = [3, width, 2 * width, 4 * width, 4 * width]
+        kernels, strides = [5, 3, 3, 3], [2, 2, 2, 1]
         layers: list[nn.Module] = []
         for i in range(4):
-            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False), nn.BatchNorm2d(chans[i + 1]), nn.ReLU(inplace=True)]
-            if i < 3:
-                layers.append(nn.MaxPool2d(2))
+            layers += [
+                nn.Conv2d(chans[i], chans[i + 1], kernels[i], stride=strides[i], padding=kernels[i] // 2, bias=False),
+                nn.BatchNorm2d(chans[i + 1]),
+                nn.ReLU(inplace=True),
+            ]
         self.body = nn.Sequential(*layers)
         self.grid_dim = chans[-1]
         self.feature_dim = chans[-1] * 16

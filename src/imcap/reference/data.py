@@ -12,7 +12,6 @@ from imcap.reference.options import DEFAULT_FLICKR8K
 from imcap.reference.solver import CaptionData
 
 
-
 def load_array(path: str | Path, kind: str) -> np.ndarray:
     """Read a .npy array (no pickles); kind is 'features' (2-D float), 'captions' (2-D int) or 'image_idxs'."""
     try:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imcap.reference import layers as L
-from imcap.reference.model import CELL_TYPES, CaptioningRNN
+from imcap.reference.model import CELL_TYPES, GATES, CaptioningRNN
 
 TOLERANCE = 1e-7  # largest relative error a float64 check may show
 STEP, ORDER = 1e-3, 4  # finite differences of the checks: O(STEP**4) truncation, tiny rounding error
@@ -128,7 +128,7 @@ def check_layers(seed: int = 0, cells: tuple[str, ...] = CELL_TYPES) -> list[Che
 
 def _check_cell(cell: str, rng: np.random.Generator, N: int, T: int, D: int, H: int) -> list[Check]:
     """Gradient-check one cell type's step and sequence layers."""
-    G = {"rnn": 1, "lstm": 4, "gru": 3}[cell] * H
+    G = GATES[cell] * H
     x, h = rng.standard_normal((N, D)), rng.standard_normal((N, H))
     Wx, Wh, b = rng.standard_normal((D, G)) * 0.5, rng.standard_normal((H, G)) * 0.5, rng.standard_normal(G) * 0.5
     dout = rng.standard_normal((N, H))
@@ -140,9 +140,9 @@ def _check_cell(cell: str, rng: np.random.Generator, N: int, T: int, D: int, H: 
         dx, dh, dcp, dWx, dWh, db = L.lstm_step_backward(dout, dc, cache)
         inputs = {"x": x, "prev_h": h, "prev_c": c, "Wx": Wx, "Wh": Wh, "b": b}
         analytic = {"x": dx, "prev_h": dh, "prev_c": dcp, "Wx": dWx, "Wh": dWh, "b": db}
-        for name, grad in analytic.items():
-            h_of = lambda _: L.lstm_step_forward(**inputs)[0]  # noqa: E731
-            c_of = lambda _: L.lstm_step_forward(**inputs)[1]  # noqa: E731
+        h_of = lambda _: L.lstm_step_forward(**inputs)[0]  # noqa: E731
+        c_of = lambda _: L.lstm_step_forward(**inputs)[1]  # noqa: E731
+        for name, grad in analytic.items():  # both outputs depend on every input
             numeric = eval_numerical_gradient_array(h_of, inputs[name], dout, STEP, ORDER)
             numeric += eval_numerical_gradient_array(c_of, inputs[name], dc, STEP, ORDER)
             checks.append(_compare("lstm_step", name, grad, numeric))
@@ -193,9 +193,9 @@ def check_model(cell: str, seed: int = 0) -> list[Check]:
     captions[:, 0] = 1
     captions[0, -2:] = 0  # padding, masked out of the loss
     _, grads = model.loss(features, captions)
+    loss_of = lambda _: model.loss(features, captions, backward=False)[0]  # noqa: E731
     checks = []
     for name in sorted(model.params):
-        loss_of = lambda _: model.loss(features, captions)[0]  # noqa: E731
         numeric = eval_numerical_gradient(loss_of, model.params[name], STEP, ORDER)
         checks.append(_compare(f"CaptioningRNN[{cell}]", name, grads[name], numeric))
     return checks

@@ -58,11 +58,13 @@ class CaptioningRNN:
         for k, v in self.params.items():
             self.params[k] = v.astype(dtype)
 
-    def loss(self, features: np.ndarray, captions: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+    def loss(
+        self, features: np.ndarray, captions: np.ndarray, backward: bool = True
+    ) -> tuple[float, dict[str, np.ndarray]]:
         """Teacher-forced loss and gradients: features (N, D), captions (N, T) int starting with <START>.
 
         captions[:, :-1] are the inputs and captions[:, 1:] the targets; <NULL> targets are masked out and
-        the loss is summed over tokens and divided by N.
+        the loss is summed over tokens and divided by N. backward=False skips the gradients (grads is {}).
         """
         p = self.params
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]  # (N, T-1) each
@@ -76,6 +78,8 @@ class CaptioningRNN:
         loss, dscores = L.temporal_softmax_loss(scores, captions_out, mask)
 
         grads: dict[str, np.ndarray] = {}
+        if not backward:
+            return loss, grads
         dh, grads["W_vocab"], grads["b_vocab"] = L.temporal_affine_backward(dscores, vocab_cache)
         dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = backward(dh, rnn_cache)
         grads["W_embed"] = L.word_embedding_backward(dx, embed_cache)

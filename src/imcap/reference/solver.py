@@ -92,7 +92,9 @@ class CaptioningSolver:
         features, captions = self.train_data.batch(rows)
         loss, grads = self.model.loss(features, captions)
         for name, w in self.model.params.items():
-            self.model.params[name], self.optim_configs[name] = self.update_rule(w, grads[name], self.optim_configs[name])
+            self.model.params[name], self.optim_configs[name] = self.update_rule(
+                w, grads[name], self.optim_configs[name]
+            )
         self.loss_history.append(loss)
         return loss
 
@@ -101,7 +103,7 @@ class CaptioningSolver:
         total = 0.0
         for start in range(0, len(data), self.batch_size):
             rows = np.arange(start, min(start + self.batch_size, len(data)))
-            total += self.model.loss(*data.batch(rows))[0] * len(rows)
+            total += self.model.loss(*data.batch(rows), backward=False)[0] * len(rows)
         return total / max(len(data), 1)
 
     def train(self) -> None:

@@ -5,7 +5,8 @@ Every error is JSON: `{"error": "<code>", "message": "<one line>"}` with its HTT
 Attention maps: a model has them when `captioner.model.decoder.has_attention` is true. The service then
 calls `captioner.caption_tensors(images, opts, attention=True)`, which must return, per image, a list of
 `(caption, logprob, maps)` with `maps` a non-negative tensor (num_words, h, w): one map over the encoder
-grid per word of `caption.split()`. Without attention, `?attention=true` is answered with a 422.
+grid per word of `caption.split()` (further rows, e.g. for <END>, are dropped). Without attention,
+`?attention=true` is answered with a 422.
 """
 from __future__ import annotations
 
@@ -71,10 +72,8 @@ def caption_batch(captioner: Captioner, key: CaptionKey, tensors: list[torch.Ten
     batch = torch.stack(tensors)  # (B, 3, S, S)
     if not key.attention:
         return [[{"caption": c, "score": _score(s)} for c, s in caps] for caps in captioner.caption_tensors(batch, opts)]
-    out = []
-    for caps in captioner.caption_tensors(batch, opts, attention=True):
-        out.append([{"caption": c, "score": _score(s), "attention": _attention_json(c, maps)} for c, s, maps in caps])
-    return out
+    triples = captioner.caption_tensors(batch, opts, attention=True)
+    return [[{"caption": c, "score": _score(s), "attention": _attention_json(c, maps)} for c, s, maps in caps] for caps in triples]
 
 
 def _score(logprob: float) -> float | None:
@@ -82,10 +81,11 @@ def _score(logprob: float) -> float | None:
 
 
 def _attention_json(caption: str, maps: torch.Tensor) -> dict:
-    """Maps (num_words, h, w) -> {"words", "maps"}, each map scaled to a maximum of 1 for display."""
-    maps = maps.detach().float().cpu()
+    """Maps (>= num_words, h, w) -> {"words", "maps"}: one map per word, each scaled to a maximum of 1 for display."""
+    words = caption.split()
+    maps = maps[: len(words)].detach().float().cpu()  # (num_words, h, w); a map for <END> is dropped
     peak = maps.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]  # (num_words, 1, 1)
-    return {"words": caption.split(), "maps": (maps / peak).mul(1000).round().div(1000).tolist()}
+    return {"words": words, "maps": (maps / peak).mul(1000).round().div(1000).tolist()}
 
 
 def jsonable(obj: Any) -> Any:
@@ -146,7 +146,8 @@ def create_app(captioner: Captioner, settings: ServeSettings | None = None, inde
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail), exc.headers)
+        message = f"{exc.detail}: {request.method} {request.url.path} (the API is described at /docs)"
+        return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), message, exc.headers)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:  # the server logs the traceback
@@ -182,6 +183,7 @@ def create_app(captioner: Captioner, settings: ServeSettings | None = None, inde
         if attention and not has_attention(captioner):
             raise ApiError(422, "attention_unavailable", f"this model ({captioner.model.args.model}) has no attention maps; leave attention off")
         uploads = await read_uploads(request, upload_limit)
+        uploaded = time.perf_counter()
         if len(uploads) > settings.max_images:
             raise ApiError(413, "too_many_images", f"{len(uploads)} images in one request; the limit is {settings.max_images}")
         batcher: MicroBatcher = request.app.state.batcher
@@ -200,7 +202,7 @@ def create_app(captioner: Captioner, settings: ServeSettings | None = None, inde
             {"filename": up.name, "width": w, "height": h, "captions": d.output, "batch_size": d.batch_size, "queue_ms": round(d.queue_ms, 2), "inference_ms": round(d.run_ms, 2)}
             for up, (w, h), d in zip(uploads, sizes, done)
         ]
-        timing = {"total_ms": round((time.perf_counter() - start) * 1000, 2), "decode_ms": round((prepared - start) * 1000, 2)}
+        timing = {"total_ms": _ms_since(start), "upload_ms": _ms_since(start, uploaded), "decode_ms": _ms_since(uploaded, prepared)}
         return {"results": results, "timing": timing}
 
     @app.post("/v1/search", dependencies=api, summary="Text -> the k best images of the loaded search index")
@@ -216,9 +218,14 @@ def create_app(captioner: Captioner, settings: ServeSettings | None = None, inde
         except ImcapError as exc:
             raise ApiError(422, "bad_query", str(exc)) from None
         results = [{"path": str(path), "score": round(float(score), 4)} for path, score in hits]
-        return {"query": body.query, "results": results, "timing": {"total_ms": round((time.perf_counter() - start) * 1000, 2)}}
+        return {"query": body.query, "results": results, "timing": {"total_ms": _ms_since(start)}}
 
     return app
+
+
+def _ms_since(start: float, end: float | None = None) -> float:
+    """Milliseconds from `start` to `end` (default: now), rounded to 0.01."""
+    return round(((time.perf_counter() if end is None else end) - start) * 1000, 2)
 
 
 def _prepare(captioner: Captioner, uploads: Sequence[Upload], max_pixels: int) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:

@@ -1,0 +1,80 @@
+"""Tokenizer behaviour that needs no Java: PTB conventions, the pycocoevalcap interface, fast paths == lexer."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from imcap.metrics import PUNCTUATIONS, PTBTokenizer
+from imcap.metrics.tokenizer import _lex_lower, _postprocess
+
+from .hard_strings import HARD_STRINGS
+
+
+def tok(caption: str) -> str:
+    return PTBTokenizer().tokenize_captions([caption])[0]
+
+
+@pytest.mark.parametrize("caption, expected", [
+    ("A man doesn't want it.", "a man does n't want it"),
+    ("She cannot go", "she can not go"),
+    ("gonna gotta wanna", "gon na got ta wan na"),
+    ("They're here, we'll see.", "they 're here we 'll see"),
+    ("A man (in red) [x] {y}", "a man -lrb- in red -rrb- -lsb- x -rsb- -lcb- y -rcb-"),
+    ('He said "hi" and left...', "he said hi and left"),
+    ("Mr. Smith's dog at 5 p.m.", "mr. smith 's dog at 5 p.m."),
+    ("a three-year-old in a t-shirt -- wow", "a three-year-old in a t-shirt wow"),
+    ("It costs $5.99 or £3", "it costs $ 5.99 or # 3"),
+    ("see http://x.com/a now", "see http://x.com/a now"),
+    ("½ cup", "1/2 cup"),
+    ("", ""),
+])
+def test_ptb_conventions(caption, expected):
+    assert tok(caption) == expected
+
+
+def test_pycocoevalcap_interface():
+    data = {7: [{"caption": "A dog."}, {"caption": "Two dogs!"}], "x": [{"caption": "Cats (two)."}]}
+    out = PTBTokenizer().tokenize(data)
+    assert out == {7: ["a dog", "two dogs"], "x": ["cats -lrb- two -rrb-"]}
+    assert PTBTokenizer().tokenize({1: ["A dog."]}) == {1: ["a dog"]}
+
+
+def test_no_punctuation_token_survives():
+    for line in PTBTokenizer().tokenize_captions(HARD_STRINGS):
+        assert not set(line.split(" ")) & PUNCTUATIONS
+
+
+def _random_captions(seed: int, n: int) -> list[str]:
+    pieces = ("a dog", "The", "cat.", "etc.", "U.S.", "I.", "can't", "cannot", "'s", ",", ".", "...", "--", "5",
+              "1/2", "(x)", "<b>", "Mr.", "no.", "é", "ſ", "\u00a0", "\t", "  ", "😀", "x@y.com", "www.a.com", "'em",
+              "\"q\"", "gonna", "A", "c#", "co. ltd", "Inc.", "St.", "I", "The end.")
+    rng = random.Random(seed)
+    return ["".join(rng.choice(pieces) + rng.choice(" " * 6 + ".,") for _ in range(rng.randint(0, 8))).strip(" ")
+            if rng.random() < 0.8 else "".join(rng.choice(pieces) for _ in range(rng.randint(1, 5)))
+            for _ in range(n)]
+
+
+def test_fast_paths_and_caches_equal_the_plain_lexer(flickr8k_or_empty):
+    # Every caption must come out as when lexed whole with the text after it (no shortcuts).
+    captions = _random_captions(0, 3000) + flickr8k_or_empty[:5000] + HARD_STRINGS
+    tokenizer = PTBTokenizer()
+    for _ in range(2):  # the second pass runs on warm caches
+        got = tokenizer.tokenize_captions(captions)
+        for i, caption in enumerate(captions):
+            line = caption.replace("\n", " ")
+            follow = "\n" + captions[i + 1].replace("\n", " ")[:64] if i + 1 < len(captions) else ""
+            assert got[i] == _postprocess(_lex_lower(line, follow)), repr(caption)
+
+
+@pytest.fixture()
+def flickr8k_or_empty(request) -> list[str]:
+    from .conftest import FLICKR8K_TOKENS, load_flickr8k
+
+    if not FLICKR8K_TOKENS.is_file():
+        return []
+    return [c for caps in load_flickr8k().values() for c in caps]
+
+
+def test_tokens_helper():
+    assert PTBTokenizer().tokens("Hello, world!") == ["hello", "world"]

@@ -1,0 +1,123 @@
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from conftest import tiny_train_options
+from imcap.checkpoint import load_checkpoint
+from imcap.config import TrainOptions
+from imcap.data.loader import ResumableSampler
+from imcap.distributed import World, mean_across, options_to_argv, rank_rng_state, torchrun_command
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- sharding
+@pytest.mark.parametrize("size,world", [(10, 2), (11, 2), (7, 3), (2, 4)])
+def test_shards_are_disjoint_equal_and_cover_the_epoch(size, world):
+    shards = [list(ResumableSampler(size, 3, epoch=1, rank=r, world_size=world)) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1  # equal length: every rank runs the same number of steps
+    assert set().union(*shards) == set(range(size))
+    if size % world == 0:
+        assert sum(len(s) for s in shards) == size  # no padding needed, no item twice
+
+
+def test_sharded_sampler_resumes_where_it_stopped():
+    world, size = 2, 11
+    full = [list(ResumableSampler(size, 3, 0, 0, rank=r, world_size=world)) for r in range(world)]
+    for steps in (1, 3):  # `start` counts items of all ranks together
+        part = [list(ResumableSampler(size, 3, 0, steps * world, rank=r, world_size=world)) for r in range(world)]
+        assert part == [f[steps:] for f in full]
+        assert [len(ResumableSampler(size, 3, 0, steps * world, rank=r, world_size=world)) for r in range(world)] == [len(p) for p in part]
+
+
+def test_one_process_sampler_is_unchanged():
+    assert list(ResumableSampler(9, 4, 2, 3)) == list(ResumableSampler(9, 4, 2, 0))[3:]
+
+
+# ---------------------------------------------------------------- helpers
+def test_options_round_trip_through_the_command_line():
+    from imcap.cli import build_parser
+    from imcap.options import dataclass_from_args
+
+    opts = TrainOptions(data="d", checkpoint_path="r", max_iters=7, amp=True, progress=False, sc_baseline="mean", learning_rate=2e-4)
+    args = build_parser().parse_args(["train", *options_to_argv(opts)])
+    assert dataclass_from_args(TrainOptions, args) == opts
+
+
+def test_torchrun_command_runs_the_imcap_module():
+    cmd = torchrun_command(TrainOptions(data="d", max_iters=3), 2)
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert cmd[5:8] == ["-m", "imcap", "train"] and "--max-iters" in cmd
+
+
+def test_single_process_helpers_are_pass_through():
+    assert mean_across([1.5, 2.0], World()) == [1.5, 2.0]
+    ckpt = {"rng": {"torch": 1}, "rng_ranks": None, "world_size": 1}
+    assert rank_rng_state(ckpt, World()) == {"torch": 1}
+
+
+# ---------------------------------------------------------------- 2 CPU processes with gloo
+def _ddp_worker(rank: int, world: int, port: int, data: str, root: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    from imcap.train import Trainer
+
+    root_p = Path(root)
+    kw = dict(device="cpu", self_critical_after=4, sc_sample_n=2, save_checkpoint_every=3, batch_size=3)
+    runs = [("full", 8, False), ("split", 5, False), ("split", 8, True)]
+    for name, iters, resume in runs:
+        trainer = Trainer(tiny_train_options(Path(data), root_p / name, max_iters=iters, resume=resume, **kw))
+        trainer.fit()
+        torch.save(trainer.model.state_dict(), root_p / f"{name}-{iters}-rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_gloo_processes_train_agree_and_resume_exactly(tiny_data, tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tiny_data), str(tmp_path)), nprocs=2, join=True)
+    load = lambda name: torch.load(tmp_path / name, weights_only=True)  # noqa: E731
+    full0, full1 = load("full-8-rank0.pt"), load("full-8-rank1.pt")
+    split0, split1 = load("split-8-rank0.pt"), load("split-8-rank1.pt")
+    for k in full0:
+        assert torch.equal(full0[k], full1[k]), f"ranks disagree on {k}"
+        assert torch.equal(full0[k], split0[k]), f"resumed run differs on {k}"
+        assert torch.equal(split0[k], split1[k]), k
+    ckpt = load_checkpoint(tmp_path / "full" / "last.pt")
+    assert ckpt["iteration"] == 8 and ckpt["world_size"] == 2
+    assert len(ckpt["rng_ranks"]) == 2 and not torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng_ranks"][1]["torch"])
+    assert (tmp_path / "full" / "xe.pt").exists()
+    xe = load_checkpoint(tmp_path / "full" / "xe.pt")["model"]
+    assert any(not torch.equal(xe[k], full0[k]) for k in xe), "self-critical steps changed nothing"
+    logged = ckpt["history"]["train_loss"]
+    assert any("reward" in e for e in logged)
+    # 48 training images, 2 ranks x 3 per batch: 8 iterations = 48 images = exactly one epoch
+    assert ckpt["epoch"] == 1 and ckpt["position"] == 0
+
+
+def test_nproc_launcher_runs_torchrun(tiny_data, tmp_path):
+    run = tmp_path / "launched"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    cmd = [sys.executable, "-m", "imcap", "train", "--nproc", "2", "--device", "cpu", "--data", str(tiny_data), "--checkpoint-path", str(run),
+           "--cnn-width", "4", "--input-encoding-size", "16", "--rnn-size", "16", "--batch-size", "4", "--seq-per-img", "2",
+           "--max-iters", "2", "--save-checkpoint-every", "2", "--val-images-use", "2", "--no-progress"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["world_size"] == 2 and ckpt["iteration"] == 2 and ckpt["position"] == 16
+
+
+def test_nproc_launcher_reports_bad_input_in_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "imcap", "train", "--nproc", "2", "--data", str(tmp_path / "missing"), "--max-iters", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.startswith("imcap: error:") and "Traceback" not in out.stderr
