@@ -105,3 +105,14 @@ def test_decode_n_captions(decoder):
     seqs, scores = decode(decoder, feats, DecodeOptions(n=3))
     assert seqs.shape[:2] == (2, 3) and scores.shape == (2, 3)
     assert (scores[:, :-1] >= scores[:, 1:]).all()
+
+
+@torch.no_grad()
+def test_max_length_bounds_the_words():
+    torch.manual_seed(0)
+    m = ShowTell(25, 12, 16, dropout=0.0).eval()
+    with torch.no_grad():
+        m.logit.bias[END] -= 100.0  # the model never wants to stop
+    feats = torch.randn(4, 12)
+    for seqs in (greedy(m, feats, max_length=5)[0], beam_search(m, feats, 3, max_length=5)[0][:, 0], sample(m, feats, max_length=5)[0]):
+        assert seqs.size(1) == 6 and (seqs[:, 5] == END).all() and (seqs[:, :5] != END).all()

@@ -47,11 +47,14 @@ def test_one_process_sampler_is_unchanged():
 
 # ---------------------------------------------------------------- helpers
 def test_options_round_trip_through_the_command_line():
-    from imcap.cli import build_parser
-    from imcap.options import dataclass_from_args
+    import argparse
+
+    from imcap.options import add_dataclass_arguments, dataclass_from_args
 
     opts = TrainOptions(data="d", checkpoint_path="r", max_iters=7, amp=True, progress=False, sc_baseline="mean", learning_rate=2e-4)
-    args = build_parser().parse_args(["train", *options_to_argv(opts)])
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, TrainOptions)
+    args = parser.parse_args(options_to_argv(opts))
     assert dataclass_from_args(TrainOptions, args) == opts
 
 
@@ -74,12 +77,13 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, root: str) -> None:
     from imcap.train import Trainer
 
     root_p = Path(root)
-    kw = dict(device="cpu", self_critical_after=4, sc_sample_n=2, save_checkpoint_every=3, batch_size=3)
+    kw = dict(device="cpu", self_critical_after=4, sc_sample_n=2, save_checkpoint_every=3, batch_size=3, losses_log_every=1)
     runs = [("full", 8, False), ("split", 5, False), ("split", 8, True)]
     for name, iters, resume in runs:
         trainer = Trainer(tiny_train_options(Path(data), root_p / name, max_iters=iters, resume=resume, **kw))
         trainer.fit()
-        torch.save(trainer.model.state_dict(), root_p / f"{name}-{iters}-rank{rank}.pt")
+        params = {k: p.detach() for k, p in trainer.model.named_parameters()}
+        torch.save({"params": params, "state": trainer.model.state_dict()}, root_p / f"{name}-{iters}-rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -88,16 +92,18 @@ def test_two_gloo_processes_train_agree_and_resume_exactly(tiny_data, tmp_path):
     load = lambda name: torch.load(tmp_path / name, weights_only=True)  # noqa: E731
     full0, full1 = load("full-8-rank0.pt"), load("full-8-rank1.pt")
     split0, split1 = load("split-8-rank0.pt"), load("split-8-rank1.pt")
-    for k in full0:
-        assert torch.equal(full0[k], full1[k]), f"ranks disagree on {k}"
-        assert torch.equal(full0[k], split0[k]), f"resumed run differs on {k}"
-        assert torch.equal(split0[k], split1[k]), k
+    for k in full0["params"]:  # BatchNorm running statistics are each rank's own (DDP broadcasts rank 0's before every forward)
+        assert torch.equal(full0["params"][k], full1["params"][k]), f"ranks disagree on {k}"
+        assert torch.equal(split0["params"][k], split1["params"][k]), k
+    for k in full0["state"]:
+        assert torch.equal(full0["state"][k], split0["state"][k]), f"resumed run differs on {k}"
+        assert torch.equal(full1["state"][k], split1["state"][k]), f"resumed run differs on {k} on rank 1"
     ckpt = load_checkpoint(tmp_path / "full" / "last.pt")
     assert ckpt["iteration"] == 8 and ckpt["world_size"] == 2
     assert len(ckpt["rng_ranks"]) == 2 and not torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng_ranks"][1]["torch"])
     assert (tmp_path / "full" / "xe.pt").exists()
     xe = load_checkpoint(tmp_path / "full" / "xe.pt")["model"]
-    assert any(not torch.equal(xe[k], full0[k]) for k in xe), "self-critical steps changed nothing"
+    assert any(not torch.equal(xe[k], full0["state"][k]) for k in xe), "self-critical steps changed nothing"
     logged = ckpt["history"]["train_loss"]
     assert any("reward" in e for e in logged)
     # 48 training images, 2 ranks x 3 per batch: 8 iterations = 48 images = exactly one epoch

@@ -30,8 +30,12 @@ class DecodeOptions:
     n: int = 1
 
 
-def _mask_special(logprobs: torch.Tensor) -> torch.Tensor:
-    """Forbid <NULL> and <START>, which are never valid outputs."""
+def _mask_special(logprobs: torch.Tensor, last: bool = False) -> torch.Tensor:
+    """Forbid <NULL> and <START>, which are never valid outputs; at the `last` step only <END> is left."""
+    if last:
+        end_only = torch.full_like(logprobs, float("-inf"))
+        end_only[:, END] = logprobs[:, END]
+        return end_only
     logprobs = logprobs.clone()
     logprobs[:, NULL] = float("-inf")
     logprobs[:, START] = float("-inf")
@@ -60,7 +64,7 @@ def _attention(decoder) -> torch.Tensor:
 
 
 def _run(decoder, feats: Features, max_length: int, choose: Callable[[torch.Tensor], torch.Tensor], attention: bool = False) -> tuple[torch.Tensor, ...]:
-    """Feed back `choose(logprobs)` until every row said <END> or `max_length` + 1 steps.
+    """Feed back `choose(logprobs)` until every row said <END> (forced after `max_length` words).
 
     Returns ids (B, L), log-probabilities (B, L) and, with `attention`, the weights (B, L, K) of each step.
     """
@@ -69,11 +73,11 @@ def _run(decoder, feats: Features, max_length: int, choose: Callable[[torch.Tens
     tokens = torch.full((batch,), START, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     seqs, logps, alphas = [], [], []
-    for _ in range(max_length + 1):
+    for t in range(max_length + 1):  # at most max_length words, then <END>
         logprobs, state = decoder.step(tokens, state)
         if attention:
             alphas.append(_attention(decoder).masked_fill(done.unsqueeze(1), 0.0))  # (B, K)
-        logprobs = _mask_special(logprobs)  # (B, V+1)
+        logprobs = _mask_special(logprobs, last=t == max_length)  # (B, V+1)
         tokens = choose(logprobs).masked_fill(done, NULL)  # (B,)
         logps.append(logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1).masked_fill(done, 0.0))
         seqs.append(tokens)
@@ -133,7 +137,7 @@ def beam_search(decoder, feats: Features, beam_size: int = 3, max_length: int = 
         if return_attention:
             alpha = _attention(decoder).view(batch, k, 1, -1)  # (B, k, 1, K)
             alphas = alpha if alphas is None else torch.cat([alphas, alpha], dim=2)  # (B, k, t+1, K): beam order before this step's reordering
-        logprobs = _mask_special(logprobs).view(batch, k, -1)  # (B, k, V+1)
+        logprobs = _mask_special(logprobs, last=t == max_length).view(batch, k, -1)  # (B, k, V+1)
         vocab = logprobs.size(2)
         after_end = torch.full((vocab,), float("-inf"), device=device)
         after_end[NULL] = 0.0  # a finished beam only continues with free <NULL>

@@ -31,6 +31,7 @@ _WHOLE = re.compile(rf"[<(+\t\u00a0\u2000-\u200a\u3000]|{_DIGIT_CLASS}|\. \.|[A-
 _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _FOLLOW_CHARS = 64
+_FOLLOW_LINES = 3
 
 
 def _surrogate_pair(match: re.Match[str]) -> str:
@@ -100,8 +101,7 @@ class PTBTokenizer:
                 ):
                     out.append(body)
                     continue
-            follow = "\n" + lines[i + 1][:_FOLLOW_CHARS] if i + 1 < n else ""
-            out.append(self._line(line, follow))
+            out.append(self._line(line, _follow(lines, i)))
         return out
 
     def tokens(self, caption: str) -> list[str]:
@@ -138,6 +138,15 @@ class PTBTokenizer:
             return _postprocess(_lex_lower(line, follow))
         words.extend(toks)
         return " ".join(words)
+
+
+def _follow(lines: list[str], i: int) -> str:
+    """The text after line i as the lexer sees it (a few lines suffice for its lookahead)."""
+    nxt = lines[i + 1:i + 1 + _FOLLOW_LINES]
+    text = "".join("\n" + line for line in nxt)
+    if i + 1 + _FOLLOW_LINES < len(lines):
+        text += "\n"
+    return text[:_FOLLOW_CHARS]
 
 
 def _postprocess(tokens: list[str]) -> str:

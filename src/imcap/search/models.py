@@ -65,53 +65,62 @@ class GNA(nn.Module):
         self.encoder = build_encoder(args.cnn, e, cnn_weights, args.cnn_width, args.image_size or None)
         self.visual_units = nn.Sequential(nn.Linear(e, u), nn.BatchNorm1d(u), nn.ReLU(inplace=True), nn.Linear(u, u))
         self.embed = nn.Embedding(args.vocab_size, e, padding_idx=NULL)
-        # One LSTM whose input is [word embedding; image embedding]; its input weights are split in the two halves
-        # so that the image half is computed once per image and the word half once per sentence.
-        self.word_in = nn.Linear(e, 4 * h)
-        self.image_in = nn.Linear(e, 4 * h, bias=False)
-        self.hidden_in = nn.Linear(h, 4 * h, bias=False)
+        self.lstm = nn.LSTM(2 * e, h, batch_first=True)  # reads [word embedding; image embedding] at every word
         self.gate = nn.Linear(h, 1)
         self.attention = nn.Linear(h, u)
         self.drop = nn.Dropout(args.drop_prob_lm)
-        self.hidden_size, self.num_units = h, u
+        self.hidden_size, self.num_units, self.embed_size = h, u, e
+
+    def _input_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LSTM's input weights split into the word half (4H, E) and the image half (4H, E)."""
+        w = self.lstm.weight_ih_l0
+        return w[:, :self.embed_size], w[:, self.embed_size:]
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, S, S) in [0, 1] -> [visual units (U); LSTM input of the image half (4H)] (B, U + 4H)."""
+        """Images (B, 3, S, S) in [0, 1] -> [visual units (U); image half of the LSTM input (4H)] (B, U + 4H)."""
         feats = self.encoder(images)  # (B, E)
-        return torch.cat([self.visual_units(feats), self.image_in(self.drop(feats))], dim=1)
+        return torch.cat([self.visual_units(feats), F.linear(feats, self._input_weights()[1])], dim=1)
 
     def text_features(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Word ids (Q, T) -> (LSTM input of the word half (Q, T, 4H), mask of real words (Q, T))."""
-        return self.word_in(self.drop(self.embed(tokens))), tokens != NULL
+        """Word ids (Q, T) -> (word half of the LSTM input with both biases (Q, T, 4H), mask of real words (Q, T))."""
+        bias = self.lstm.bias_ih_l0 + self.lstm.bias_hh_l0
+        return F.linear(self.embed(tokens), self._input_weights()[0], bias), tokens != NULL
 
-    def _logits(self, text: tuple[torch.Tensor, torch.Tensor], gallery: torch.Tensor, grid: bool) -> torch.Tensor:
-        """Run the LSTM on sentence/image pairs: every sentence with every image (grid) -> (Q, G), else row i with row i -> (P,)."""
+    def _grid_logits(self, text: tuple[torch.Tensor, torch.Tensor], gallery: torch.Tensor) -> torch.Tensor:
+        """The LSTM of every sentence with every gallery image at once (inference) -> logits (Q, G).
+
+        The input projection of [word; image] is the sum of the precomputed word and image halves, so each step
+        costs one (Q*G, H) x (H, 4H) product.
+        """
         xw, mask = text  # (Q, T, 4H), (Q, T)
         units, xi = gallery[:, :self.num_units], gallery[:, self.num_units:]  # (G, U), (G, 4H)
         q, g = xw.size(0), xi.size(0)
-        pairs = q * g if grid else q
-        h = xw.new_zeros(pairs, self.hidden_size)  # (P, H)
-        c = xw.new_zeros(pairs, self.hidden_size)
-        logit = xw.new_zeros((q, g) if grid else (q,))
+        w_hh = self.lstm.weight_hh_l0  # (4H, H)
+        h = xw.new_zeros(q * g, self.hidden_size)  # (P, H)
+        c = xw.new_zeros(q * g, self.hidden_size)
+        logit = xw.new_zeros(q, g)
         for t in range(xw.size(1)):
-            x = (xw[:, t, None, :] + xi[None]).reshape(pairs, -1) if grid else xw[:, t] + xi  # (P, 4H)
-            i, f, cand, o = (x + self.hidden_in(h)).chunk(4, dim=1)
+            x = (xw[:, t, None, :] + xi[None]).reshape(q * g, -1)  # (P, 4H)
+            i, f, cand, o = torch.addmm(x, h, w_hh.T).chunk(4, dim=1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(cand)
             h = torch.sigmoid(o) * torch.tanh(c)  # (P, H)
-            hd = self.drop(h)
-            gate = torch.sigmoid(self.gate(hd)).squeeze(1)  # (P,) word-level gate
-            attn = torch.softmax(self.attention(hd), dim=1)  # (P, U) unit-level attention
-            if grid:
-                word = (attn.view(q, g, -1) * units[None]).sum(2) * gate.view(q, g)  # (Q, G)
-                logit = logit + word * mask[:, t, None]
-            else:
-                logit = logit + (attn * units).sum(1) * gate * mask[:, t]  # (P,)
+            gate = torch.sigmoid(self.gate(h)).view(q, g)  # word-level gate
+            attn = torch.softmax(self.attention(h), dim=1).view(q, g, -1)  # (Q, G, U) unit-level attention
+            logit += (attn * units[None]).sum(2) * gate * mask[:, t, None]
         return logit
 
     def pair_logits(self, images: torch.Tensor, tokens: torch.Tensor, image_of_pair: torch.Tensor) -> torch.Tensor:
         """Training forward: images (B, 3, S, S), sentences (P, T), image row of each sentence (P,) -> logits (P,)."""
-        gallery = self.image_features(images)[image_of_pair]  # (P, U + 4H)
-        return self._logits(self.text_features(tokens), gallery, grid=False)
+        feats = self.encoder(images)  # (B, E)
+        units = self.visual_units(feats)[image_of_pair]  # (P, U)
+        words = self.drop(self.embed(tokens))  # (P, T, E)
+        image = self.drop(feats)[image_of_pair, None, :].expand(-1, tokens.size(1), -1)  # (P, T, E)
+        out, _ = self.lstm(torch.cat([words, image], dim=2))  # (P, T, H)
+        out = self.drop(out)
+        gate = torch.sigmoid(self.gate(out)).squeeze(2)  # (P, T) word-level gates
+        attn = torch.softmax(self.attention(out), dim=2)  # (P, T, U) unit-level attention
+        per_word = (attn * units[:, None, :]).sum(2) * gate  # (P, T)
+        return (per_word * (tokens != NULL)).sum(1)
 
     def loss(self, images: torch.Tensor, tokens: torch.Tensor, image_of_pair: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Binary cross-entropy of the affinities against 1 (matching) / 0 (mismatched); also the 0.5-threshold accuracy."""
@@ -134,7 +143,7 @@ class GNA(nn.Module):
             steps = max(int(lengths[rows].max()), 1)
             sub = (xw[rows, :steps], mask[rows, :steps])
             for gs in range(0, g, g_chunk):
-                out[rows, gs:gs + g_chunk] = self._logits(sub, gallery[gs:gs + g_chunk], grid=True)
+                out[rows, gs:gs + g_chunk] = self._grid_logits(sub, gallery[gs:gs + g_chunk])
         return out
 
     @staticmethod

@@ -1,0 +1,188 @@
+"""BLEU/ROUGE-L/CIDEr on awkward synthetic inputs against pycocoevalcap's pure-Python scorers, and score()."""
+from __future__ import annotations
+
+import logging
+import random
+
+import numpy as np
+import pytest
+
+from imcap.errors import ImcapError
+from imcap.metrics import Bleu, Cider, CiderD, DocumentFrequency, Rouge, evaluate, metric_names, score
+from imcap.metrics.rouge import _lcs_python, lcs_lengths
+from imcap.metrics._ngrams import encode
+
+WORDS = ["a", "dog", "the", "cat", "runs", "on", "grass", "red", "big", "x"]
+
+
+def _sentence(rng: random.Random) -> str:
+    kind = rng.random()
+    if kind < 0.05:
+        return ""
+    if kind < 0.1:
+        return " ".join(rng.choice(WORDS[:3]) for _ in range(rng.randint(65, 140)))  # > 64 tokens
+    if kind < 0.15:
+        return rng.choice(["a  dog", " a dog", "a dog ", "a\u00a0dog runs", "dog\tdog", "a a a a"])
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 14)))
+
+
+def synthetic(seed: int, n_images: int) -> tuple[dict, dict]:
+    rng = random.Random(seed)
+    gts = {f"img{i}": [_sentence(rng) for _ in range(rng.randint(1, 6))] for i in range(n_images)}
+    res = {k: [_sentence(rng)] for k in gts}
+    return gts, res
+
+
+@pytest.mark.parametrize("seed, n_images", [(0, 1), (1, 2), (2, 40), (3, 300)])
+def test_against_pycocoevalcap_python_scorers(pycoco, seed, n_images):
+    from pycocoevalcap.bleu.bleu import Bleu as PBleu
+    from pycocoevalcap.cider.cider import Cider as PCider
+    from pycocoevalcap.rouge.rouge import Rouge as PRouge
+
+    gts, res = synthetic(seed, n_images)
+    for ours, theirs in ((Bleu(4).compute_score(gts, res), PBleu(4).compute_score(gts, res, verbose=0)),
+                         (Rouge().compute_score(gts, res), PRouge().compute_score(gts, res)),
+                         (Cider().compute_score(gts, res), PCider().compute_score(gts, res))):
+        np.testing.assert_allclose(np.asarray(ours[0], float), np.asarray(theirs[0], float), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(np.asarray(ours[1], float), np.asarray(theirs[1], float), rtol=0, atol=1e-9)
+
+
+def test_lcs_matches_dynamic_programming():
+    rng = random.Random(5)
+    sents = [[rng.choice("abcd") for _ in range(rng.randint(0, 90))] for _ in range(200)]
+    ids, lengths = encode(sents)
+    first = np.array([rng.randrange(200) for _ in range(300)])
+    second = np.array([rng.randrange(200) for _ in range(300)])
+
+    def dp(a: list, b: list) -> int:
+        prev = [0] * (len(b) + 1)
+        for x in a:
+            cur = [0]
+            for j, y in enumerate(b):
+                cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+            prev = cur
+        return prev[-1]
+
+    got = lcs_lengths(ids, lengths, first, second)
+    assert got.tolist() == [dp(sents[a], sents[b]) for a, b in zip(first, second)]
+    assert _lcs_python([1, 2, 3, 2], [2, 2, 3]) == 2
+
+
+def test_corpus_bleu_is_not_the_mean_of_per_image_bleu():
+    gts = {1: ["a dog runs on the grass"], 2: ["the cat"]}
+    res = {1: ["a dog runs on grass"], 2: ["a big red cat sits"]}
+    corpus, per_image = Bleu(4).compute_score(gts, res)
+    assert corpus[0] != pytest.approx(np.mean(per_image[0]))
+    assert 0 < corpus[0] < 1
+
+
+def test_input_errors():
+    with pytest.raises(ImcapError, match="different image ids"):
+        Bleu().compute_score({1: ["a"]}, {2: ["a"]})
+    with pytest.raises(ImcapError, match="exactly one"):
+        Cider().compute_score({1: ["a"]}, {1: ["a", "b"]})
+    with pytest.raises(ImcapError, match="non-empty list"):
+        Rouge().compute_score({1: []}, {1: ["a"]})
+
+
+def test_cider_d_with_training_document_frequencies():
+    gts, res = synthetic(7, 60)
+    df = DocumentFrequency.from_references([gts[k] for k in gts])
+    assert np.allclose(CiderD(df=df).compute_score(gts, res)[1], Cider().compute_score(gts, res)[1], atol=1e-12)
+    train = DocumentFrequency.from_references([v for v in synthetic(8, 200)[0].values()])
+    ours = CiderD(df=train).compute_score(gts, res)[1]
+    # Reference implementation of the formula with the training df (dictionary based, as pycocoevalcap's code).
+    expected = [_cider_d_reference(res[k][0], gts[k], train) for k in gts]
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-9)
+
+
+def _cider_d_reference(hyp: str, refs: list[str], table: DocumentFrequency, sigma: float = 6.0) -> float:
+    def grams(s: str) -> dict:
+        words = s.split()
+        out: dict = {}
+        for n in range(1, 5):
+            for i in range(len(words) - n + 1):
+                g = tuple(words[i:i + n])
+                out[g] = out.get(g, 0) + 1
+        return out
+
+    df: dict = {}
+    for rs in _table_documents(table):
+        for g in {g for r in rs for g in grams(r)}:
+            df[g] = df.get(g, 0) + 1
+
+    def vec(s: str):
+        v = [dict() for _ in range(4)]
+        for g, c in grams(s).items():
+            v[len(g) - 1][g] = c * (np.log(float(table.n_docs)) - np.log(max(1.0, df.get(g, 0.0))))
+        return v, [np.sqrt(sum(x * x for x in d.values())) for d in v], max(len(s.split()) - 1, 0)
+
+    vh, nh, lh = vec(hyp)
+    total = np.zeros(4)
+    for r in refs:
+        vr, nr, lr = vec(r)
+        for n in range(4):
+            val = sum(min(w, vr[n].get(g, 0.0)) * vr[n].get(g, 0.0) for g, w in vh[n].items())
+            if nh[n] != 0 and nr[n] != 0:
+                val /= nh[n] * nr[n]
+            total[n] += val * np.e ** (-((lh - lr) ** 2) / (2 * sigma**2))
+    return float(np.mean(total) / len(refs) * 10.0)
+
+
+def _table_documents(table: DocumentFrequency) -> list[list[str]]:
+    return _DOCS[id(table)]
+
+
+_DOCS: dict[int, list[list[str]]] = {}
+_orig_from_references = DocumentFrequency.from_references.__func__
+
+
+def _remember(cls, refs, n=4):
+    table = _orig_from_references(cls, refs, n)
+    _DOCS[id(table)] = [list(r) for r in refs]
+    return table
+
+
+DocumentFrequency.from_references = classmethod(_remember)
+
+
+def test_metric_names():
+    assert metric_names("Bleu") == ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"]
+    assert metric_names(["cider", "Bleu_4", "METEOR"]) == ["Bleu_4", "METEOR", "CIDEr"]
+    assert metric_names(None) == ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE"]
+    with pytest.raises(ImcapError, match="unknown metric"):
+        metric_names(["BLEURT"])
+
+
+def test_score_from_raw_strings_and_empty_prediction():
+    refs = {1: ["A dog runs on the grass.", "A dog is running."], 2: ["Two cats sleep.", "Cats on a bed."]}
+    out = evaluate(refs, {1: "A dog runs.", 2: ""}, ["Bleu", "ROUGE_L", "CIDEr"])
+    assert set(out.corpus) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"}
+    empty = out.per_image[2]
+    assert empty["ROUGE_L"] == 0 and empty["CIDEr"] == 0 and empty["Bleu_1"] < 1e-5
+    assert out.per_image[1]["CIDEr"] > 0
+    assert score(refs, {1: "A dog runs.", 2: ""}, ["CIDEr"]) == {"CIDEr": out.corpus["CIDEr"]}
+    # pycocoevalcap-style single-item lists are accepted for predictions
+    assert score(refs, {1: ["A dog runs."], 2: [""]}, ["CIDEr"]) == {"CIDEr": out.corpus["CIDEr"]}
+
+
+def test_score_id_errors():
+    with pytest.raises(ImcapError, match="no references"):
+        score({1: ["a dog"]}, {1: "a dog", 3: "a cat"}, ["CIDEr"])
+    with pytest.raises(ImcapError, match="one caption string"):
+        score({1: ["a dog"]}, {1: 5}, ["CIDEr"])
+    with pytest.raises(ImcapError, match="no reference captions"):
+        score({1: []}, {1: "a dog"}, ["CIDEr"])
+
+
+def test_score_skips_unavailable_tools_with_one_notice(caplog, tmp_path):
+    refs = {1: ["a dog runs"], 2: ["a cat sits"]}
+    preds = {1: "a dog", 2: "a cat"}
+    with caplog.at_level(logging.WARNING, logger="imcap.metrics.score"):
+        for _ in range(3):
+            out = evaluate(refs, preds, ["METEOR", "CIDEr", "SPICE"], meteor_jar=tmp_path / "none.jar",
+                           spice_jar=tmp_path / "none.jar")
+            assert list(out.corpus) == ["CIDEr"]
+            assert set(out.skipped) == {"METEOR", "SPICE"}
+    notices = [r.getMessage() for r in caplog.records]
+    assert len(notices) == 2 and all("skipped" in m and "none.jar" in m for m in notices)
