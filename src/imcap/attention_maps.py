@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,25 +30,86 @@ def attention_grid(alphas: torch.Tensor, grid_size: tuple[int, ...] | None) -> t
     return alphas
 
 
-def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
-    """Maps (S, h, w) -> (S, size, size), bilinear (grid cell centres land on their pixels' centres)."""
-    return torch.nn.functional.interpolate(maps.float().unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
+@dataclass(frozen=True)
+class GridGeometry:
+    """Where a CNN grid's cells sit in its input image (side `size` px, continuous coordinates).
+
+    Cell (row, col) is centred at (x0 + col * step_x, y0 + row * step_y). Strided convolutions with
+    "same" padding centre cell j at pixel step * j, not at step * (j + 0.5), so this is measured.
+    """
+
+    size: int
+    x0: float
+    y0: float
+    step_x: float
+    step_y: float
+
+    def centre(self, row: int, col: int) -> tuple[float, float]:
+        """The (x, y) pixel centre of cell (row, col)."""
+        return self.x0 + col * self.step_x, self.y0 + row * self.step_y
 
 
-def attention_peak(weights: torch.Tensor, image_size: int) -> tuple[float, float]:
-    """The (x, y) pixel centre of the most attended cell of one map (h, w) over an image of side `image_size`."""
-    h, w = weights.shape
-    row, col = divmod(int(weights.flatten().argmax()), w)
-    return (col + 0.5) * image_size / w, (row + 0.5) * image_size / h
+def grid_geometry(encoder: torch.nn.Module, size: int) -> GridGeometry:
+    """Measure where `encoder.grid` cells look: the centre of mass of |d cell / d pixels| (effective
+    receptive field) on random images, over cells away from the border, rounded to half a pixel."""
+    was_training = encoder.training
+    encoder.eval()
+    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0), device=encoder.mean.device).requires_grad_(True)
+    with torch.enable_grad():
+        grid = encoder.grid(images)  # (2, C, h, w)
+        h, w = grid.shape[2:]
+        step_x, step_y = size / w, size / h
+        pos = torch.arange(size, dtype=torch.float32, device=images.device) + 0.5
+        rows = range(1, h - 1) if h > 2 else range(h)
+        cols = range(1, w - 1) if w > 2 else range(w)
+        xs, ys = [], []
+        for i in rows:
+            for j in cols:
+                (grad,) = torch.autograd.grad(grid[:, :, i, j].sum(), images, retain_graph=True)
+                mass = grad.abs().sum(dim=(0, 1))  # (S, S)
+                total = mass.sum().clamp(min=1e-12)
+                xs.append(float((mass.sum(0) * pos).sum() / total) - j * step_x)
+                ys.append(float((mass.sum(1) * pos).sum() / total) - i * step_y)
+    encoder.train(was_training)
+    return GridGeometry(size, round(2 * sum(xs) / len(xs)) / 2, round(2 * sum(ys) / len(ys)) / 2, step_x, step_y)
+
+
+def default_geometry(size: int, h: int, w: int) -> GridGeometry:
+    """Cells centred in their size/w x size/h blocks (when nothing better is known)."""
+    return GridGeometry(size, size / w / 2, size / h / 2, size / w, size / h)
+
+
+def upsample(maps: torch.Tensor, side: int, geometry: GridGeometry | None = None) -> torch.Tensor:
+    """Maps (S, h, w) -> (S, side, side) over the whole image, bilinear between cell centres."""
+    maps = maps.float()
+    h, w = maps.shape[1:]
+    geo = geometry or default_geometry(side, h, w)
+    u = (torch.arange(side, dtype=torch.float32) + 0.5) * geo.size / side  # pixel centres in input coordinates
+    gx = ((u - geo.x0) / geo.step_x).clamp(0, w - 1)  # (side,) in cell units
+    gy = ((u - geo.y0) / geo.step_y).clamp(0, h - 1)
+    nx = 2 * gx / max(w - 1, 1) - 1
+    ny = 2 * gy / max(h - 1, 1) - 1
+    grid = torch.stack(torch.meshgrid(ny, nx, indexing="ij")[::-1], dim=2)  # (side, side, 2) as (x, y)
+    out = torch.nn.functional.grid_sample(maps.unsqueeze(1), grid.unsqueeze(0).expand(maps.size(0), -1, -1, -1), mode="bilinear", align_corners=True)
+    return out.squeeze(1)
+
+
+def attention_peak(weights: torch.Tensor, geometry: GridGeometry, image_size: int | None = None) -> tuple[float, float]:
+    """The (x, y) centre of the most attended cell of one map (h, w), in pixels of an image of side
+    `image_size` (default: the model's input side)."""
+    row, col = divmod(int(weights.flatten().argmax()), weights.size(1))
+    x, y = geometry.centre(row, col)
+    scale = (image_size or geometry.size) / geometry.size
+    return x * scale, y * scale
 
 
 def _resize(image: Image.Image, size: int) -> Image.Image:
     return image.convert("RGB").resize((size, size), Image.NEAREST if max(image.size) <= size // 2 else Image.BILINEAR)
 
 
-def spotlight(image: Image.Image, weights: torch.Tensor, size: int = TILE) -> Image.Image:
+def spotlight(image: Image.Image, weights: torch.Tensor, size: int = TILE, geometry: GridGeometry | None = None) -> Image.Image:
     """The image (resized to `size`) lit by one attention map (h, w): dark where the weight is low."""
-    light = upsample(weights[None], size)[0]  # (size, size)
+    light = upsample(weights[None], size, geometry)[0]  # (size, size)
     light = (light / light.max().clamp(min=1e-12)).numpy()
     pixels = np.asarray(_resize(image, size), dtype=np.float32)  # (size, size, 3)
     return Image.fromarray(np.clip(pixels * (0.15 + 0.85 * light[:, :, None]), 0, 255).astype(np.uint8))
@@ -78,12 +140,12 @@ def tile_grid(tiles: Sequence[Image.Image], labels: Sequence[str], columns: int 
     return canvas
 
 
-def attention_figure(image: Image.Image, caption: str, weights: torch.Tensor, size: int = TILE) -> Image.Image:
+def attention_figure(image: Image.Image, caption: str, weights: torch.Tensor, geometry: GridGeometry | None = None, size: int = TILE, columns: int = COLUMNS) -> Image.Image:
     """The image, then one spotlight tile per generated token (words, then <END>) of `weights` (S, h, w)."""
     words = caption.split()
     labels = (words + ["<END>"])[: weights.size(0)]
-    tiles = [_resize(image, size)] + [spotlight(image, weights[i], size) for i in range(len(labels))]
-    return tile_grid(tiles, ["image", *labels])
+    tiles = [_resize(image, size)] + [spotlight(image, weights[i], size, geometry) for i in range(len(labels))]
+    return tile_grid(tiles, ["image", *labels], columns)
 
 
 def save_png(picture: Image.Image, path: str | Path) -> Path:
@@ -99,16 +161,32 @@ def png_data_uri(picture: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def write_attention_maps(results: Sequence[dict], out_dir: str | Path) -> list[Path]:
+def write_attention_maps(results: Sequence[dict], out_dir: str | Path, geometry: GridGeometry | None = None) -> list[Path]:
     """For each `caption_paths` result with "attention" (S, h, w), write OUT_DIR/<image stem>.png; return the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for r in results:
         with Image.open(r["file"]) as im:
-            picture = attention_figure(im.convert("RGB"), r["caption"], r["attention"])
+            picture = attention_figure(im.convert("RGB"), r["caption"], r["attention"], geometry)
         name, n = Path(r["file"]).stem, 1
         while out / f"{name}.png" in written:  # same file name in different folders
             name, n = f"{Path(r['file']).stem}-{n}", n + 1
         written.append(save_png(picture, out / f"{name}.png"))
     return written
+
+
+def add_attention_html(captioner, items: list[dict], opts, conditions: Sequence[str] | None = None, batch_size: int = 32) -> None:
+    """Give report items ({"image": path, ...}) an "extra_html" picture of the attention of each word of the model's caption."""
+    from imcap.data.images import image_to_tensor, load_image
+
+    geometry = captioner.attention_geometry
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        images = [load_image(it["image"]) for it in chunk]
+        batch = torch.stack([image_to_tensor(im, captioner.image_size) for im in images])
+        cond = list(conditions[start : start + batch_size]) if conditions is not None else None
+        for it, im, caps in zip(chunk, images, captioner.caption_tensors(batch, opts, return_attention=True, condition=cond)):
+            caption, _, weights = caps[0]
+            picture = attention_figure(im, caption, weights, geometry, size=60, columns=4)
+            it["extra_html"] = it.get("extra_html", "") + f"<img src='{png_data_uri(picture)}' alt='attention of each word' title='attention of each word'>"

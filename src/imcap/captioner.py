@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from imcap.attention_maps import attention_grid
+from imcap.attention_maps import GridGeometry, attention_grid, grid_geometry
 from imcap.checkpoint import load_checkpoint
 from imcap.data.images import image_to_tensor, load_image
 from imcap.data.vocab import NULL, Vocab
@@ -39,6 +39,7 @@ class Captioner:
         self.model = model.to(self.device).eval()
         self.vocab = vocab
         self.info = info or {}
+        self._geometry: GridGeometry | None = None
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> Captioner:
@@ -74,11 +75,18 @@ class Captioner:
         return image_to_tensor(load_image(image), self.image_size)
 
     @property
+    def attention_geometry(self) -> GridGeometry:
+        """Where the cells of the attention maps sit in the (resized, square) input image; measured once."""
+        if self._geometry is None:
+            self._geometry = grid_geometry(self.model.encoder, self.image_size)
+        return self._geometry
+
+    @property
     def has_attention(self) -> bool:
         """Whether the decoder attends over image regions (`caption_tensors(..., return_attention=True)` works)."""
         return getattr(self.model.decoder, "has_attention", False)
 
-    def _conditions(self, condition: str | Sequence[str] | None, batch: int) -> torch.Tensor | None:
+    def condition_ids(self, condition: str | Sequence[str] | None, batch: int) -> torch.Tensor | None:
         """Condition ids (B, Lc) for a conditioned model (one text for all images, or one per image)."""
         if not self.model.conditioned:
             return None
@@ -101,7 +109,7 @@ class Captioner:
         opts = opts or DecodeOptions()
         if return_attention and not self.has_attention:
             raise ImcapError(f"{self.model.args.model} has no attention to show (use show_attend_tell or coatt)")
-        feats = self.model.encode(images.to(self.device), condition=self._conditions(condition, images.size(0)))
+        feats = self.model.encode(images.to(self.device), condition=self.condition_ids(condition, images.size(0)))
         out = decode(self.model.decoder, feats, opts, return_attention=return_attention)  # (B, n, L), (B, n)[, (B, n, L, K)]
         seqs, scores = out[0], out[1]
         result = []

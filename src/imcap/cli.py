@@ -182,7 +182,7 @@ def _run_caption(args: argparse.Namespace) -> int:
     if args.attention:
         from imcap.attention_maps import write_attention_maps
 
-        written = write_attention_maps(results, args.attention)
+        written = write_attention_maps(results, args.attention, captioner.attention_geometry)
         sys.stderr.write(f"wrote {len(written)} attention map(s) to {args.attention}\n")
         for r in results:
             del r["attention"]
@@ -423,3 +423,26 @@ def _run_score(args: argparse.Namespace) -> int:
 
     return run(args.refs, args.preds, args.metrics, args.per_image, args.out, args.tokenize, args.meteor_jar,
                args.spice_jar, args.java)
+
+
+@command
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="saliency maps: which pixels each word of the caption depends on (PNG per image)")
+    p.add_argument("paths", nargs="+", metavar="IMG", help="image files, folders or glob patterns")
+    p.add_argument("--model", required=True, help="run directory or checkpoint file (any model with a CNN)")
+    p.add_argument("--out", default="explain", help="folder for <image>.png (default: explain)")
+    p.add_argument("--beam-size", type=int, default=1, help="beam size of the explained caption (1: greedy)")
+    p.add_argument("--max-length", type=int, default=16, help="longest caption in words")
+    p.add_argument("--condition", default=None, help="conditioned models (coatt): the text to condition on, e.g. the answer")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.set_defaults(func=_run_explain)
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from imcap.decoding import DecodeOptions
+    from imcap.saliency import run_explain
+
+    written = run_explain(args.model, args.paths, args.out, DecodeOptions(beam_size=args.beam_size, max_length=args.max_length), args.condition, args.device)
+    for path, caption in written:
+        print(f"{path}\t{caption}")
+    return 0

@@ -160,12 +160,12 @@ def rank_rng_state(ckpt: dict, world: World) -> dict:
 
 
 # ---------------------------------------------------------------- the --nproc launcher
-def options_to_argv(opts: Any) -> list[str]:
-    """The `imcap train` flags that rebuild `opts` (fields left at their defaults are omitted)."""
+def options_to_argv(opts: Any, skip: tuple[str, ...] = ()) -> list[str]:
+    """The `imcap train` flags that rebuild `opts` (fields left at their defaults, and `skip`, are omitted)."""
     argv: list[str] = []
     for f in dataclasses.fields(opts):
         value = getattr(opts, f.name)
-        if f.metadata.get("cli") is False or value == f.default:
+        if f.metadata.get("cli") is False or value == f.default or f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
@@ -176,8 +176,12 @@ def options_to_argv(opts: Any) -> list[str]:
 
 
 def torchrun_command(opts: Any, nproc: int) -> list[str]:
-    """The torchrun command line that runs `imcap train` with `opts` in `nproc` local processes."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "imcap", "train", *options_to_argv(opts)]
+    """The torchrun command line that runs `imcap train` with `opts` in `nproc` local processes.
+
+    --nproc itself is left out: the workers find their world in the environment, and torchrun's own
+    parser would take `--nproc` for an abbreviation of its --nproc-per-node.
+    """
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "imcap", "train", *options_to_argv(opts, skip=("nproc",))]
 
 
 def launch(opts: Any, nproc: int) -> int:

@@ -126,6 +126,11 @@ def run_eval(opts: EvalOptions) -> dict:
     atomic_write_json(out / "metrics.json", metrics)
     by_id = {im["id"]: i for i, im in enumerate(data.images)}
     items = [{"image": data.image_path(by_id[p["image_id"]]), "caption": p["caption"], "refs": data.images[by_id[p["image_id"]]]["captions"]} for p in result["predictions"][: opts.html_images]]
+    if captioner.has_attention and features is None:
+        from imcap.attention_maps import add_attention_html
+
+        shown = [by_id[p["image_id"]] for p in result["predictions"][: opts.html_images]]
+        add_attention_html(captioner, items, decode_opts, data.condition_texts(shown, captioner.model.args.condition_field) if captioner.model.conditioned else None)
     curves = ckpt_path.parent / "curves.png"
     write_report(out / "report.html", f"imcap eval: {ckpt_path.parent.name} on {opts.split}", items, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, curves)
     metrics["out"] = str(out)

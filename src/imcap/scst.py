@@ -66,9 +66,9 @@ def sample_with_entropy(decoder, feats, max_length: int, temperature: float = 1.
     entropies: list[torch.Tensor] = []
 
     def choose(logprobs: torch.Tensor) -> torch.Tensor:  # (N, V+1), <NULL>/<START> at -inf
-        if with_entropy:
-            finite = logprobs.masked_fill(torch.isinf(logprobs), 0.0)
-            entropies.append(-(logprobs.exp() * finite).sum(dim=1))  # (N,)
+        if with_entropy:  # of the distribution sampled from: renormalised over the allowed tokens
+            lp = logprobs.float().log_softmax(dim=1)
+            entropies.append(-(lp.exp() * lp.masked_fill(torch.isinf(lp), 0.0)).sum(dim=1))  # (N,)
         probs = (logprobs.detach().float() / temperature).softmax(dim=1)
         return torch.multinomial(probs, 1).squeeze(1)
 

@@ -89,14 +89,14 @@ def test_cider_d_with_training_document_frequencies():
     gts, res = synthetic(7, 60)
     df = DocumentFrequency.from_references([gts[k] for k in gts])
     assert np.allclose(CiderD(df=df).compute_score(gts, res)[1], Cider().compute_score(gts, res)[1], atol=1e-12)
-    train = DocumentFrequency.from_references([v for v in synthetic(8, 200)[0].values()])
-    ours = CiderD(df=train).compute_score(gts, res)[1]
-    # Reference implementation of the formula with the training df (dictionary based, as pycocoevalcap's code).
-    expected = [_cider_d_reference(res[k][0], gts[k], train) for k in gts]
+    train_docs = list(synthetic(8, 200)[0].values())
+    ours = CiderD(df=DocumentFrequency.from_references(train_docs)).compute_score(gts, res)[1]
+    expected = [_cider_d_reference(res[k][0], gts[k], train_docs) for k in gts]
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-9)
 
 
-def _cider_d_reference(hyp: str, refs: list[str], table: DocumentFrequency, sigma: float = 6.0) -> float:
+def _cider_d_reference(hyp: str, refs: list[str], docs: list[list[str]], sigma: float = 6.0) -> float:
+    """CIDEr-D with idf from `docs`, written out with dictionaries like pycocoevalcap's scorer."""
     def grams(s: str) -> dict:
         words = s.split()
         out: dict = {}
@@ -107,14 +107,14 @@ def _cider_d_reference(hyp: str, refs: list[str], table: DocumentFrequency, sigm
         return out
 
     df: dict = {}
-    for rs in _table_documents(table):
+    for rs in docs:
         for g in {g for r in rs for g in grams(r)}:
             df[g] = df.get(g, 0) + 1
 
     def vec(s: str):
-        v = [dict() for _ in range(4)]
+        v: list[dict] = [{} for _ in range(4)]
         for g, c in grams(s).items():
-            v[len(g) - 1][g] = c * (np.log(float(table.n_docs)) - np.log(max(1.0, df.get(g, 0.0))))
+            v[len(g) - 1][g] = c * (np.log(float(len(docs))) - np.log(max(1.0, df.get(g, 0.0))))
         return v, [np.sqrt(sum(x * x for x in d.values())) for d in v], max(len(s.split()) - 1, 0)
 
     vh, nh, lh = vec(hyp)
@@ -127,23 +127,6 @@ def _cider_d_reference(hyp: str, refs: list[str], table: DocumentFrequency, sigm
                 val /= nh[n] * nr[n]
             total[n] += val * np.e ** (-((lh - lr) ** 2) / (2 * sigma**2))
     return float(np.mean(total) / len(refs) * 10.0)
-
-
-def _table_documents(table: DocumentFrequency) -> list[list[str]]:
-    return _DOCS[id(table)]
-
-
-_DOCS: dict[int, list[list[str]]] = {}
-_orig_from_references = DocumentFrequency.from_references.__func__
-
-
-def _remember(cls, refs, n=4):
-    table = _orig_from_references(cls, refs, n)
-    _DOCS[id(table)] = [list(r) for r in refs]
-    return table
-
-
-DocumentFrequency.from_references = classmethod(_remember)
 
 
 def test_metric_names():

@@ -77,7 +77,7 @@ def test_fast_paths_and_caches_equal_the_plain_lexer(flickr8k_or_empty):
 
 
 @pytest.fixture()
-def flickr8k_or_empty(request) -> list[str]:
+def flickr8k_or_empty() -> list[str]:
     from .conftest import FLICKR8K_TOKENS, load_flickr8k
 
     if not FLICKR8K_TOKENS.is_file():

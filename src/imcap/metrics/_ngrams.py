@@ -32,15 +32,14 @@ def encode(sentences: Sequence[Sequence[str]], vocab: Vocabulary | None = None) 
 class OrderCounts:
     """Counts of the n-grams of one order: entry j says sentence `sent[j]` holds gram `gram[j]` `count[j]` times.
 
-    Entries are sorted by gram, then sentence. `n_grams` is the number of distinct grams; `first_pos`
-    gives, for each gram id, one position in the flat word array where it starts (to rebuild it).
+    Entries are sorted by gram, then sentence; `n_grams` is the number of distinct grams (ids 0..n_grams-1).
     """
 
     sent: np.ndarray
     gram: np.ndarray
     count: np.ndarray
     n_grams: int
-    first_pos: np.ndarray
+    keys: np.ndarray | None = None  # per gram id: (id of its (n-1)-gram prefix) * n_words + last word id
 
 
 def count_ngrams(ids: np.ndarray, lengths: np.ndarray, n: int, n_words: int) -> list[OrderCounts]:
@@ -75,8 +74,8 @@ def count_ngrams(ids: np.ndarray, lengths: np.ndarray, n: int, n_words: int) -> 
         first = np.flatnonzero(new_entry)
         count = np.diff(np.append(first, len(order)))
         n_grams = int(gram_sorted[-1]) + 1 if len(order) else 0
-        first_pos = pos[order[np.flatnonzero(new_gram)]]
-        out.append(OrderCounts(sent_of_pos[pos[order[first]]], gram_sorted[first], count, n_grams, first_pos))
+        out.append(OrderCounts(sent_of_pos[pos[order[first]]], gram_sorted[first], count, n_grams,
+                               key_sorted[new_gram]))
     return out
 
 

@@ -303,6 +303,22 @@ def _amp(tok: str) -> tuple[list[str], int]:
     return [_AMP.sub("&", tok)], len(tok)
 
 
+def _fraction(tok: str) -> tuple[list[str], int]:
+    return [tok.translate(_FRACTIONS)], len(tok)
+
+
+def _currency(tok: str) -> tuple[list[str], int]:
+    return [tok.translate(_CURRENCY)], len(tok)
+
+
+def _phone(tok: str) -> tuple[list[str], int]:
+    return [_parens(tok.replace(" ", "\u00a0"))], len(tok)
+
+
+def _smiley(tok: str) -> tuple[list[str], int]:
+    return [_parens(tok)], len(tok)
+
+
 def _hyphens(tok: str) -> tuple[list[str], int]:
     return ["--" if 3 <= len(tok) <= 4 else tok], len(tok)
 
@@ -328,11 +344,13 @@ def _untokenizable(tok: str) -> tuple[list[str], int]:
     return [], 1
 
 
-def _rule(pattern: str, action: Action, context: str | None = None) -> tuple[str, Action, str | None]:
+def _R(pattern: str, action: Action, context: str | None = None) -> tuple[str, Action, str | None]:
+    """A rule: token regex, action, and the trailing context that must follow (JFlex's `r1/r2`)."""
     return pattern, action, context
 
 
-_R = _rule
+# The rules in priority order (earlier wins a tie in length); top-level alternatives whose first
+# match in Python's regex engine would not be the longest are split into separate rules.
 RULES: list[tuple[str, Action, str | None]] = [
     _R(_ci("c++") + "|[cCfF]#", _plain),
     _R(_alt("cannot", "'twas"), _pushback(3)),
@@ -356,11 +374,11 @@ RULES: list[tuple[str, Action, str | None]] = [
     *[_R(f"[\\-+]?{a}", _remove_soft_hyphens) for a in NUM_ALTS],
     _R(SUBSUPNUM, _plain),
     _R(FRAC, _nbsp),
-    _R(FRAC2, lambda t: ([t.translate(_FRACTIONS)], len(t))),
+    _R(FRAC2, _fraction),
     _R(TBSPEC, _amp),
     _R(THING3, _plain),
     _R(DOLSIGN, _plain),
-    _R(DOLSIGN2, lambda t: ([t.translate(_CURRENCY)], len(t))),
+    _R(DOLSIGN2, _currency),
     _R(ACRONYM, _acronym, ACRONYM_CONTEXT),
     _R(ABBREV3, _plain, f"{SPACENL}?{D}"),
     _R("(?:" + _ci("pt") + "[eyEY]|" + _ci("co") + r")\.", _plain, SPACE + _alt("ltd", "lim")),
@@ -372,13 +390,13 @@ RULES: list[tuple[str, Action, str | None]] = [
     _R(ACRO, _plain, SPACENL),
     _R(TBSPEC2, _plain, SPACENL),
     _R(WORD + r"\.", _remove_soft_hyphens, INSENTP),
-    _R(PHONE, lambda t: ([_parens(t.replace(" ", "\u00a0"))], len(t))),
+    _R(PHONE, _phone),
     _R(DBLQUOT, _quotes(True), "[A-Za-z0-9$]"),
     _R(DBLQUOT, _quotes(False)),
     _R("<|" + _ci("&lt;"), _const("<")),
     _R(">|" + _ci("&gt;"), _const(">")),
-    _R(SMILEY, lambda t: ([_parens(t)], len(t)), "[^A-Za-z0-9]"),
-    _R(ASIANSMILEY, lambda t: ([_parens(t)], len(t))),
+    _R(SMILEY, _smiley, "[^A-Za-z0-9]"),
+    _R(ASIANSMILEY, _smiley),
     _R(r"\{", _const("-LCB-")),
     _R(r"\}", _const("-RCB-")),
     _R(r"\[", _const("-LSB-")),

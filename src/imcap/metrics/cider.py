@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -116,24 +117,16 @@ class DocumentFrequency:
         """Count, for each n-gram, the number of images whose references contain it."""
         docs = [[r.split() if isinstance(r, str) else list(r) for r in rs] for rs in refs]
         vocab = Vocabulary()
-        sentences = [r for rs in docs for r in rs]
-        ids, lengths = encode(sentences, vocab)
+        ids, lengths = encode([r for rs in docs for r in rs], vocab)
         n_refs = np.fromiter(map(len, docs), np.int64, len(docs))
         doc_of_sent = np.repeat(np.arange(len(docs)), n_refs)
         keys, dfs = [], []
-        gram_of_pos = ids.copy()
-        starts = _starts(lengths)
-        remaining = np.repeat(lengths, lengths) - (np.arange(len(ids)) - np.repeat(starts, lengths))
-        sent_of_pos = np.repeat(np.arange(len(lengths)), lengths)
-        v = max(len(vocab), 1)
-        for k in range(1, n + 1):
-            pos = np.flatnonzero(remaining >= k)
-            key = ids[pos] if k == 1 else gram_of_pos[pos] * v + ids[pos + k - 1]
-            uniq, inverse = np.unique(key, return_inverse=True)
-            gram_of_pos[pos] = inverse
-            doc_gram = np.unique(doc_of_sent[sent_of_pos[pos]] * len(uniq) + inverse)
-            keys.append(uniq)
-            dfs.append(np.bincount(doc_gram % max(len(uniq), 1), minlength=len(uniq)).astype(np.float64))
+        for oc in count_ngrams(ids, lengths, n, len(vocab)):
+            # entries are sorted by gram, then sentence, and a document's sentences are consecutive
+            key = oc.gram * max(len(docs), 1) + doc_of_sent[oc.sent]
+            distinct = np.concatenate(([True], key[1:] != key[:-1])) if len(key) else np.zeros(0, bool)
+            keys.append(oc.keys)
+            dfs.append(np.bincount(oc.gram[distinct], minlength=oc.n_grams).astype(np.float64))
         return cls(list(vocab), keys, dfs, len(docs))
 
     def gram_ids(self, ids: np.ndarray, lengths: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]]:
@@ -206,9 +199,8 @@ def counts_from_gram_ids(gram_ids: list[tuple[np.ndarray, np.ndarray, int]], len
     sent_of_pos = np.repeat(np.arange(len(lengths)), lengths)
     out = []
     for pos, gram, n_ids in gram_ids:
-        composite = np.sort(gram * n_sent + sent_of_pos[pos])
-        uniq, count = np.unique(composite, return_counts=True)
-        out.append(OrderCounts(uniq % n_sent, uniq // n_sent, count, n_ids, np.zeros(0, np.int64)))
+        uniq, count = np.unique(gram * n_sent + sent_of_pos[pos], return_counts=True)
+        out.append(OrderCounts(uniq % n_sent, uniq // n_sent, count, n_ids))
     return out
 
 
@@ -285,12 +277,15 @@ class CiderDReward:
     `refs` maps image id -> reference captions (strings, tokenized with the PTB tokenizer unless
     `tokenize=False`, or lists of words). Document frequencies come from these references (one
     document per image). `score(image_ids, candidates)` returns one CIDEr-D per candidate; candidates are
-    strings, word lists, or rows of word ids (give `vocab`, an index -> word list whose ids 0 and 2 end
-    a caption and 1 is skipped, as in imcap's vocabulary).
+    strings, word lists, or rows of word ids (give `vocab`: an index -> word list, or an
+    `imcap.data.vocab.Vocab`; ids 0 and 2 end a caption and 1 is skipped, as in imcap's vocabulary).
+    For training, give references tokenized the way the model's vocabulary was built, so that sampled
+    words and reference words are spelled alike.
     """
 
     def __init__(self, refs: Mapping[Hashable, Sequence[str] | Sequence[Sequence[str]]], *,
-                 vocab: Sequence[str] | None = None, tokenize: bool = True, n: int = N, sigma: float = SIGMA) -> None:
+                 vocab: Sequence[str] | Any | None = None, tokenize: bool = True, n: int = N,
+                 sigma: float = SIGMA) -> None:
         if not refs:
             raise ImcapError("CiderDReward: no reference captions")
         self._tokenize = tokenize
@@ -322,6 +317,7 @@ class CiderDReward:
         self._refs = _RefTable(key[order], np.concatenate(weights)[order], np.concatenate(owners)[order], stride)
         self._model_map: np.ndarray | None = None
         if vocab is not None:
+            vocab = getattr(vocab, "idx_to_word", vocab)
             extra = Vocabulary()
             self._model_map = np.array(
                 [self.table.vocab[w] if w in self.table.vocab else len(self.table.words) + extra[w] for w in vocab],

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # ../shared/data/flickr8k next to the repository (present in the development checkout only)
-DEFAULT_FLICKR8K = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "flickr8k"
+DEFAULT_FLICKR8K = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "flickr8k"
 CELLS = ("rnn", "lstm", "gru")
 RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
 
@@ -19,7 +19,7 @@ class ReferenceTrainOptions:
     captions: str | None = field(default=None, metadata={"help": "K x T int .npy of caption ids (<START> first, "
                                                                     "<NULL>-padded)"})
     image_idxs: str | None = field(default=None, metadata={"help": "K int .npy: feature row of each caption "
-                                                                      "(default: caption k -> row k)"})
+                                                                      "(none: caption k -> row k)"})
     prepro: str | None = field(default=None, metadata={"help": "imcap prepro folder to take the captions and vocab "
                                                                   "from (instead of --captions); --features rows "
                                                                   "follow its images.json"})

@@ -10,8 +10,8 @@ if TYPE_CHECKING:
     from imcap.search.index import SearchIndex
 
 
-def load_index(path: str, device: str = "cpu") -> SearchIndex:
-    """Open a search index written by `imcap search index` (and the model it records)."""
+def load_index(path: str, device: str = "cpu", model: str | None = None) -> SearchIndex:
+    """Open a search index written by `imcap search index` and the model it records (or check it is `model`)."""
     from imcap.search.index import load_index as _load
 
-    return _load(path, device)
+    return _load(path, device, model)

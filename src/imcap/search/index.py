@@ -229,7 +229,7 @@ class SearchIndex:
         chunk = max(1, QUERY_CHUNK_BYTES // (4 * self.manifest["dim"]))
         for array in self.features:
             for s in range(0, len(array), chunk):
-                gallery = torch.from_numpy(np.asarray(array[s:s + chunk], dtype=np.float32)).to(device)  # (c, F)
+                gallery = torch.from_numpy(np.array(array[s:s + chunk], dtype=np.float32)).to(device)  # (c, F)
                 scores = model.scores(text, gallery).float().cpu()  # (Q, c)
                 rows = torch.arange(offset + s, offset + s + len(gallery)).expand(len(texts), -1)
                 merged, pick = torch.cat([best, scores], 1).topk(min(k, best.size(1) + scores.size(1)), dim=1)
