@@ -98,10 +98,10 @@ def test_scst_run_logs_rewards_and_keeps_the_xe_model(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("baseline", ["greedy", "mean"])
 def test_resume_in_the_middle_of_scst_is_exact(tiny_data, tmp_path, baseline):
-    kw = dict(self_critical_after=2, sc_baseline=baseline, sc_sample_n=2, save_checkpoint_every=4, sc_entropy_weight=0.01)
-    train(tiny_train_options(tiny_data, tmp_path / "full", max_iters=6, **kw))
-    train(tiny_train_options(tiny_data, tmp_path / "split", max_iters=4, **kw))
-    train(tiny_train_options(tiny_data, tmp_path / "split", max_iters=6, resume=True, **kw))
+    kw = dict(self_critical_after=1, sc_baseline=baseline, sc_sample_n=2, save_checkpoint_every=3, sc_entropy_weight=0.01)
+    train(tiny_train_options(tiny_data, tmp_path / "full", max_iters=5, **kw))
+    train(tiny_train_options(tiny_data, tmp_path / "split", max_iters=3, **kw))
+    train(tiny_train_options(tiny_data, tmp_path / "split", max_iters=5, resume=True, **kw))
     a, b = load_checkpoint(tmp_path / "full" / "last.pt")["model"], load_checkpoint(tmp_path / "split" / "last.pt")["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k

@@ -50,28 +50,35 @@ class GridGeometry:
 
 
 def grid_geometry(encoder: torch.nn.Module, size: int) -> GridGeometry:
-    """Measure where `encoder.grid` cells look: the centre of mass of |d cell / d pixels| (effective
-    receptive field) on random images, over cells away from the border, rounded to half a pixel."""
+    """Measure where `encoder.grid` cells look, from d cell / d pixels on random images (the central 2 x 2 cells).
+
+    A cell's receptive field is the box of pixels with a non-zero gradient; its centre is exact when the box
+    fits inside the image (the small CNN). Otherwise (VGG, ResNet: fields larger than the image) the centre
+    of mass of |gradient| (the effective receptive field) is used. Rounded to half a pixel.
+    """
     was_training = encoder.training
     encoder.eval()
-    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0), device=encoder.mean.device).requires_grad_(True)
+    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(encoder.mean.device).requires_grad_(True)
     with torch.enable_grad():
         grid = encoder.grid(images)  # (2, C, h, w)
         h, w = grid.shape[2:]
         step_x, step_y = size / w, size / h
         pos = torch.arange(size, dtype=torch.float32, device=images.device) + 0.5
-        rows = range(1, h - 1) if h > 2 else range(h)
-        cols = range(1, w - 1) if w > 2 else range(w)
-        xs, ys = [], []
-        for i in rows:
-            for j in cols:
+        exact: dict[int, list[float]] = {0: [], 1: []}
+        mass_centre: dict[int, list[float]] = {0: [], 1: []}
+        for i in sorted({max(h // 2 - 1, 0), h // 2}):
+            for j in sorted({max(w // 2 - 1, 0), w // 2}):
                 (grad,) = torch.autograd.grad(grid[:, :, i, j].sum(), images, retain_graph=True)
                 mass = grad.abs().sum(dim=(0, 1))  # (S, S)
-                total = mass.sum().clamp(min=1e-12)
-                xs.append(float((mass.sum(0) * pos).sum() / total) - j * step_x)
-                ys.append(float((mass.sum(1) * pos).sum() / total) - i * step_y)
+                for axis, offset in ((0, j * step_x), (1, i * step_y)):  # summing rows gives the x profile
+                    profile = mass.sum(axis)  # (S,)
+                    seen = profile.nonzero().flatten()
+                    if len(seen) and 0 < int(seen[0]) and int(seen[-1]) < size - 1:
+                        exact[axis].append((int(seen[0]) + int(seen[-1]) + 1) / 2 - offset)
+                    mass_centre[axis].append(float((profile * pos).sum() / profile.sum().clamp(min=1e-12)) - offset)
     encoder.train(was_training)
-    return GridGeometry(size, round(2 * sum(xs) / len(xs)) / 2, round(2 * sum(ys) / len(ys)) / 2, step_x, step_y)
+    x0, y0 = (exact[a] or mass_centre[a] for a in (0, 1))
+    return GridGeometry(size, round(2 * sum(x0) / len(x0)) / 2, round(2 * sum(y0) / len(y0)) / 2, step_x, step_y)
 
 
 def default_geometry(size: int, h: int, w: int) -> GridGeometry:
@@ -190,3 +197,53 @@ def add_attention_html(captioner, items: list[dict], opts, conditions: Sequence[
             caption, _, weights = caps[0]
             picture = attention_figure(im, caption, weights, geometry, size=60, columns=4)
             it["extra_html"] = it.get("extra_html", "") + f"<img src='{png_data_uri(picture)}' alt='attention of each word' title='attention of each word'>"
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """How often the attention peak of a word naming an object lies inside that object's box."""
+
+    hits: int
+    words: int
+    chance: float  # expected hits if every peak were a uniformly random cell
+
+    @property
+    def rate(self) -> float:
+        """Share of object words whose peak is inside the object's box."""
+        return self.hits / max(self.words, 1)
+
+    @property
+    def chance_rate(self) -> float:
+        """The same share for uniformly random peaks."""
+        return self.chance / max(self.words, 1)
+
+
+def grounding(captioner, data, indices: Sequence[int], opts=None, batch_size: int = 64) -> Grounding:
+    """On synthetic scenes: caption images `indices` of a PreproData and check every generated word that
+    names one object (its colour or shape): does that word's attention peak lie inside the object's box?"""
+    from imcap.data.images import image_to_tensor, load_image
+    from imcap.data.synth import named_object
+
+    geometry = captioner.attention_geometry
+    hits = total = 0
+    chance = 0.0
+    for start in range(0, len(indices), batch_size):
+        chunk = list(indices[start : start + batch_size])
+        images = [load_image(data.image_path(i)) for i in chunk]
+        batch = torch.stack([image_to_tensor(im, captioner.image_size) for im in images])
+        cond = data.condition_texts(chunk, captioner.model.args.condition_field) if captioner.model.conditioned else None
+        for i, im, caps in zip(chunk, images, captioner.caption_tensors(batch, opts, return_attention=True, condition=cond)):
+            caption, _, weights = caps[0]
+            h, w = weights.shape[1:]
+            scale = im.size[0] / geometry.size
+            centres = [(x * scale, y * scale) for x, y in (geometry.centre(r, c) for r in range(h) for c in range(w))]
+            for t, word in enumerate(caption.split()[: weights.size(0)]):
+                obj = named_object(word, data.images[i]["extra"]["objects"])
+                if obj is None:
+                    continue
+                x0, y0, x1, y1 = obj["bbox"]
+                inside = [x0 <= x < x1 and y0 <= y < y1 for x, y in centres]
+                total += 1
+                hits += inside[int(weights[t].flatten().argmax())]
+                chance += sum(inside) / len(inside)
+    return Grounding(hits, total, chance)

@@ -161,7 +161,7 @@ def test_score_id_errors():
 def test_score_skips_unavailable_tools_with_one_notice(caplog, tmp_path):
     refs = {1: ["a dog runs"], 2: ["a cat sits"]}
     preds = {1: "a dog", 2: "a cat"}
-    with caplog.at_level(logging.WARNING, logger="imcap.metrics.score"):
+    with caplog.at_level(logging.WARNING, logger="imcap.metrics.scoring"):
         for _ in range(3):
             out = evaluate(refs, preds, ["METEOR", "CIDEr", "SPICE"], meteor_jar=tmp_path / "none.jar",
                            spice_jar=tmp_path / "none.jar")

@@ -89,14 +89,15 @@ def test_bad_input_is_one_line_error(tmp_path, capsys, args, message):
 
 def test_train_on_an_imcap_prepro_folder(tiny_data, tmp_path, capsys):
     images = json.loads((tiny_data / "images.json").read_text())["images"]
-    np.save(tmp_path / "f.npy", np.random.default_rng(0).standard_normal((len(images), 6)))
-    code, out, _ = run(capsys, "reference", "train", "--prepro", tiny_data, "--features", tmp_path / "f.npy",
+    (tmp_path / "feats").mkdir()  # laid out like `imcap features` output: fp16 pooled.npy, images.json order
+    np.save(tmp_path / "feats" / "pooled.npy", np.random.default_rng(0).standard_normal((len(images), 6)).astype(np.float16))
+    code, out, _ = run(capsys, "reference", "train", "--prepro", tiny_data, "--features", tmp_path / "feats",
                        "--num-train", "12", "--num-epochs", "2", *SMALL)
     assert code == 0, out
     first = next(im for im in images if im["split"] == "train")
     vocab = Vocab.load(tiny_data / "vocab.json")
     truth = vocab.decode(vocab.encode(tokenize(first["captions"][0]), 16))
-    assert "data: 12 captions" in out and f"[0] truth:  {truth}\n" in out
+    assert "data: 12 captions" in out and "pooled.npy" in out and f"[0] truth:  {truth}\n" in out
     np.save(tmp_path / "few.npy", np.zeros((3, 6)))
     code, _, err = run(capsys, "reference", "train", "--prepro", tiny_data, "--features", tmp_path / "few.npy")
     assert code == 2 and "few.npy: 3 feature rows" in err

@@ -443,6 +443,15 @@ def describe_scene(scene: Scene, rng: np.random.Generator, count: int = CAPTIONS
     raise RuntimeError(f"could not write {count} different captions for {scene}")
 
 
+def named_object(word: str, objects: list[dict]) -> dict | None:
+    """The object (a captions.json "objects" entry) that a caption word names by its colour or shape
+    (synonyms included), when exactly one object of the scene matches; None otherwise."""
+    matches = [o for o in objects if o["color"] == word]
+    if not matches:
+        matches = [o for o in objects if word in SHAPE_WORDS[o["shape"]] or word in ("plus", "sign") and o["shape"] == "cross"]
+    return matches[0] if len(matches) == 1 else None
+
+
 # ----------------------------------------------------------------------------------------- questions
 
 TASKS = ("captions", "vqa")

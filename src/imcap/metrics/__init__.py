@@ -9,7 +9,7 @@ from imcap.metrics.bleu import Bleu
 from imcap.metrics.cider import Cider, CiderD, CiderDReward, DocumentFrequency
 from imcap.metrics.meteor import Meteor, MetricUnavailable
 from imcap.metrics.rouge import Rouge
-from imcap.metrics.score import ALL_METRICS, Evaluation, evaluate, metric_names, score
+from imcap.metrics.scoring import ALL_METRICS, Evaluation, evaluate, metric_names, score
 from imcap.metrics.spice import Spice
 from imcap.metrics.tokenizer import PUNCTUATIONS, PTBTokenizer
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from imcap.errors import ImcapError
 from imcap.metrics._inputs import check_pairs
-from imcap.metrics._ngrams import OrderCounts, Vocabulary, count_ngrams, encode, lookup, sorted_search
+from imcap.metrics._ngrams import OrderCounts, Vocabulary, count_ngrams, encode, lookup
 
 SIGMA = 6.0
 N = 4
@@ -172,8 +173,10 @@ class DocumentFrequency:
     def df_of(self, order: int, gram: np.ndarray) -> np.ndarray:
         """Document frequency (float) of gram ids of `order` (1-based); 0 for grams the corpus lacks."""
         table = self.df[order - 1]
-        return np.where(gram < len(table), table[np.minimum(gram, max(len(table) - 1, 0))], 0.0) if len(
-            table) else np.zeros(len(gram))
+        out = np.zeros(len(gram))
+        inside = gram < len(table)
+        out[inside] = table[gram[inside]]
+        return out
 
     def save(self, path: str | Path) -> None:
         """Write the tables to a .npz file."""
@@ -315,6 +318,8 @@ class CiderDReward:
         key = np.concatenate(keys)
         order = np.argsort(key, kind="stable")
         self._refs = _RefTable(key[order], np.concatenate(weights)[order], np.concatenate(owners)[order], stride)
+        # entries of image i are self._refs.*[_image_range[i]:_image_range[i + 1]]
+        self._image_range = np.searchsorted(self._refs.keys, np.arange(len(docs) + 1) * len(counts) * stride)
         self._model_map: np.ndarray | None = None
         if vocab is not None:
             vocab = getattr(vocab, "idx_to_word", vocab)
@@ -345,12 +350,13 @@ class CiderDReward:
             lengths = keep.sum(axis=1).astype(np.int64)
             return self._model_map[rows[keep]], lengths
         words = self._words_list(list(candidates), "candidates")
-        unknown = Vocabulary()
-        known = self.table.vocab
-        base = len(self.table.words)
         lengths = np.fromiter(map(len, words), np.int64, len(words))
-        ids = np.fromiter((known[w] if w in known else base + unknown[w] for ws in words for w in ws), np.int64,
-                          int(lengths.sum()))
+        flat = list(chain.from_iterable(words))
+        ids = np.fromiter(map(self.table.vocab.get, flat, repeat(-1)), np.int64, len(flat))
+        missing = np.flatnonzero(ids < 0)
+        if len(missing):  # words the references never use: fresh ids above the vocabulary, equal words equal ids
+            unknown = Vocabulary()
+            ids[missing] = [len(self.table.words) + unknown[flat[i]] for i in missing]
         return ids, lengths
 
     def score(self, image_ids: Sequence[Hashable], candidates: Sequence[str] | Sequence[Sequence[str]] | np.ndarray
@@ -369,20 +375,26 @@ class CiderDReward:
         pair_start = _starts(m)
         val = np.zeros((int(m.sum()), len(counts)))
         norm = np.zeros((b, len(counts)))
+        # The reference entries of this batch's images only (each image's entries are one sorted run).
         refs = self._refs
+        images = np.unique(img)
+        lo_img, hi_img = self._image_range[images], self._image_range[images + 1]
+        take = np.repeat(lo_img - np.concatenate(([0], np.cumsum(hi_img - lo_img)[:-1])), hi_img - lo_img)
+        take += np.arange(len(take))
+        local_keys, local_weight, local_ref = refs.keys[take], refs.weight[take], refs.ref[take]
         for k, oc in enumerate(counts):
             w = oc.count * (self.table.log_docs - np.log(np.maximum(1.0, self.table.df_of(k + 1, oc.gram))))
             norm[:, k] = np.sqrt(np.bincount(oc.sent, weights=w * w, minlength=b))
             known = oc.gram < len(self.table.keys[k])
             key = np.where(known, (img[oc.sent] * len(counts) + k) * refs.stride + oc.gram, -1)
-            lo = sorted_search(refs.keys, key, "left")
-            hits = np.where(known, sorted_search(refs.keys, key, "right") - lo, 0)
+            lo = np.searchsorted(local_keys, key, "left")
+            hits = np.where(known, np.searchsorted(local_keys, key, "right") - lo, 0)
             has = np.flatnonzero(hits)
             rep = np.repeat(has, hits[has])
             within = np.arange(len(rep)) - np.repeat(np.cumsum(hits[has]) - hits[has], hits[has])
             entry = lo[rep] + within
-            w_ref = refs.weight[entry]
-            slot = pair_start[oc.sent[rep]] + self._ref_local[refs.ref[entry]]
+            w_ref = local_weight[entry]
+            slot = pair_start[oc.sent[rep]] + self._ref_local[local_ref[entry]]
             val[:, k] = np.bincount(slot, weights=np.minimum(w[rep], w_ref) * w_ref, minlength=len(val))
         cand_of_slot = np.repeat(np.arange(b), m)
         ref_of_slot = np.repeat(self._first_ref[img], m) + (np.arange(len(val)) - np.repeat(pair_start, m))

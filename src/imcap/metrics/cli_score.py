@@ -143,7 +143,7 @@ def run(refs_path: str, preds_path: str, metrics: list[str] | None = None, per_i
         out: str | None = None, tokenize: bool = True, meteor_jar: str | None = None, spice_jar: str | None = None,
         java: str | None = None) -> int:
     """Score the predictions, print a table, write the JSON files asked for; return the exit code."""
-    from imcap.metrics.score import evaluate, metric_names
+    from imcap.metrics.scoring import evaluate, metric_names
 
     names = metric_names(metrics)
     refs, aliases = load_references(refs_path)

@@ -18,6 +18,13 @@ BETA = 1.2
 _BITS = 64
 
 
+def _popcount(words: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (np.bitwise_count needs NumPy 2)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(words).astype(np.int64)
+    return np.unpackbits(words.view(np.uint8)).reshape(len(words), 64).sum(axis=1).astype(np.int64)
+
+
 def _lcs_python(a: Sequence[int], b: Sequence[int]) -> int:
     """LCS length of two id sequences, Python integers as bit vectors over `a`."""
     masks: dict[int, int] = {}
@@ -74,7 +81,7 @@ def lcs_lengths(ids: np.ndarray, lengths: np.ndarray, first: np.ndarray, second:
             u = row & match[:, k]
             row = (row + u) | (row - u)
         # Bits above a sentence's length stay set, so the zero bits of the row count the LCS.
-        out[fast] = np.bitwise_count(~row).astype(np.int64)
+        out[fast] = _popcount(~row)
     for p in np.flatnonzero(lengths[short] > _BITS):
         a = ids[starts[short[p]]:starts[short[p]] + lengths[short[p]]].tolist()
         b = ids[starts[long[p]]:starts[long[p]] + lengths[long[p]]].tolist()

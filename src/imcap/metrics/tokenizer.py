@@ -54,7 +54,7 @@ def _from_utf16_units(token: str) -> str:
 # tokenizes to its lower-cased words unless it holds a word the lexer splits (cannot -> can not)
 # or ends in an abbreviation that keeps its period.
 _SIMPLE = re.compile(r"[A-Za-z]+(?: [A-Za-z]+)*(?P<dot> ?\.)?")
-_SPLIT_WORDS = frozenset(["cannot", "gonna", "gotta", "lemme", "gimme", "wanna", "c", "f"])
+_SPLIT_WORDS = frozenset(["cannot", "gonna", "gotta", "lemme", "gimme", "wanna"])
 _ABBREV_END = re.compile(f"(?<![A-Za-z])(?:{ABBREV1}|{ABBREV2}|{ABBREV3}|{ACRONYM})$")
 _ABBREV_WORD = re.compile(f"(?:{ABBREV1}|{ABBREV2}|{ABBREV3}|{ACRONYM})")
 

@@ -49,19 +49,22 @@ def load_training_set(opts: ReferenceTrainOptions) -> tuple[CaptionData, Vocab, 
         data, vocab, source = overfit_set(opts.num_train, opts.feature_dim, seed=opts.seed, vocab=vocab,
                                           flickr8k_dir=Path(opts.flickr8k))
         return data, vocab, f"built-in set: random {opts.feature_dim}-d features, captions from {source}"
-    features = load_array(opts.features, "features")
+    features_path = Path(opts.features)
+    if features_path.is_dir():  # an `imcap features` folder: its per-image pooled features
+        features_path = features_path / "pooled.npy"
+    features = load_array(features_path, "features")
     if opts.prepro:
         captions, idxs, prepro_vocab = load_prepro(opts.prepro, opts.split)
         vocab = prepro_vocab if vocab is None else vocab
         if idxs.max() >= len(features):
-            raise ImcapError(f"{opts.features}: {len(features)} feature rows, but {opts.prepro} has more images "
+            raise ImcapError(f"{features_path}: {len(features)} feature rows, but {opts.prepro} has more images "
                              "(one row per images.json entry)")
-        source = f"{opts.features} + {opts.prepro} ({opts.split})"
+        source = f"{features_path} + {opts.prepro} ({opts.split})"
     else:
         captions = load_array(opts.captions, "captions")
         idxs = load_array(opts.image_idxs, "image_idxs") if opts.image_idxs else None
         vocab = placeholder_vocab(captions) if vocab is None else vocab
-        source = f"{opts.features} + {opts.captions}"
+        source = f"{features_path} + {opts.captions}"
     if captions.max() >= len(vocab) or captions.min() < 0:
         raise ImcapError(f"{opts.prepro or opts.captions}: word ids outside the {len(vocab)}-word vocabulary")
     data = CaptionData(features, captions, idxs, name=opts.prepro or opts.captions)

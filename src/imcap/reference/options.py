@@ -15,7 +15,8 @@ class ReferenceTrainOptions:
     """Options of `imcap reference train` (defaults overfit 50 captions in well under a minute)."""
 
     cell: str = field(default="lstm", metadata={"help": "recurrent cell", "choices": CELLS})
-    features: str | None = field(default=None, metadata={"help": "N x D float .npy of image features"})
+    features: str | None = field(default=None, metadata={"help": "N x D float .npy of image features, or an "
+                                                                    "`imcap features` folder (its pooled.npy)"})
     captions: str | None = field(default=None, metadata={"help": "K x T int .npy of caption ids (<START> first, "
                                                                     "<NULL>-padded)"})
     image_idxs: str | None = field(default=None, metadata={"help": "K int .npy: feature row of each caption "

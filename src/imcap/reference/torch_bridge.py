@@ -1,13 +1,15 @@
 """Copy CaptioningRNN weights into imcap's PyTorch ShowTell decoder and back (the one module using torch).
 
-Mapping (reference name -> ShowTell parameter), for a 1-layer decoder with image_input="first":
-  W_embed (V, W)  -> embed.weight                    W_vocab (H, V) -> logit.weight = W_vocab.T
-  Wx (W, G)       -> rnn.weight_ih_l0 = Wx[:, perm].T b_vocab (V,)   -> logit.bias
+Mapping (reference param -> ShowTell parameter), for a 1-layer decoder with image_input="first":
+  W_embed (V, W)  -> embed.weight
+  Wx (W, G)       -> rnn.weight_ih_l0 = Wx[:, perm].T
   Wh (H, G)       -> rnn.weight_hh_l0 = Wh[:, perm].T
   b (G,)          -> rnn.bias_ih_l0 = b[perm], rnn.bias_hh_l0 = 0
-perm reorders the LSTM gate blocks from this engine's i, f, o, g to PyTorch's i, f, g, o; GRU (r, z, n) and
-RNN keep their order. PyTorch adds bias_ih and bias_hh, so they fold into one b, except GRU's bias_hh_n,
-which sits inside r * (W_hn h + b_hn) and has no counterpart here (it must be 0).
+  W_vocab (H, V)  -> logit.weight = W_vocab.T
+  b_vocab (V,)    -> logit.bias
+perm (`gate_index`) reorders the LSTM gate blocks from this engine's i, f, o, g to PyTorch's i, f, g, o;
+GRU (r, z, n) and RNN keep their order. PyTorch adds bias_ih and bias_hh, so they fold into one b, except
+GRU's bias_hh_n, which sits inside r * (W_hn h + b_hn) and has no counterpart here (it must be 0).
 W_proj and b_proj are not part of ShowTell: `ProjectedStart` wraps the decoder so that it starts from
 h0 = features @ W_proj + b_proj (c0 = 0), the cs231n model, instead of reading an image embedding at t=0.
 """
