@@ -30,7 +30,8 @@ def main() -> None:
     from imcap.data.loader import CaptionDataset, ResumableSampler, make_loader
     from imcap.data.prepro import PreproOptions, prepro
     from imcap.data.synth import generate_scenes
-    from imcap.features import FeatureOptions, extract_features
+    from imcap.config import FeatureOptions
+    from imcap.features import extract_features
     from imcap.models.encoders import build_encoder
     from imcap.train import Trainer
 

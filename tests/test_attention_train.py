@@ -12,7 +12,7 @@ from imcap.decoding import DecodeOptions
 from imcap.errors import ImcapError
 from imcap.train import train
 
-from conftest import tiny_train_options
+from imcap_testing import tiny_train_options
 
 SS = dict(scheduled_sampling_start=0, ss_increase_every=1, ss_increase_prob=0.3, ss_max_prob=0.6)
 

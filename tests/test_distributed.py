@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import tiny_train_options
+from imcap_testing import tiny_train_options
 from imcap.checkpoint import load_checkpoint
 from imcap.config import TrainOptions
 from imcap.data.loader import ResumableSampler

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_train_options
+from imcap_testing import tiny_train_options
 from imcap.checkpoint import load_checkpoint
 from imcap.cli import main
 from imcap.data.features import FeatureStore
 from imcap.errors import ImcapError
-from imcap.features import FeatureOptions, extract_features
+from imcap.config import FeatureOptions
+from imcap.features import extract_features
 from imcap.train import train
 
 

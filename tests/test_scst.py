@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_train_options
+from imcap_testing import tiny_train_options
 from imcap.checkpoint import load_checkpoint
 from imcap.data.loader import PreproData
 from imcap.data.vocab import END, NULL
@@ -118,3 +118,24 @@ def test_scst_steps_raise_the_reward_on_a_fixed_batch(tiny_data, tmp_path):
         trainer.train_step(images, labels, idx)
         rewards.append(trainer.last_stats["reward"])
     assert np.mean(rewards[-10:]) > np.mean(rewards[:10]) + 0.1
+
+
+@pytest.fixture(scope="module")
+def vqa_data(tmp_path_factory):
+    """Question/answer pairs about 24 synthetic scenes (for the conditioned coatt decoder)."""
+    from imcap.data.prepro import PreproOptions, prepro
+    from imcap.data.synth import generate_scenes
+
+    root = tmp_path_factory.mktemp("vqa")
+    generate_scenes(root / "synth", num_images=24, seed=3, task="vqa", progress=False)
+    prepro(PreproOptions(input=str(root / "synth"), output_dir=str(root / "data"), word_count_threshold=0))
+    return root / "data"
+
+
+@pytest.mark.parametrize("model", ["show_attend_tell", "coatt"])
+def test_scst_trains_every_decoder(model, tiny_data, vqa_data, tmp_path):
+    data = vqa_data if model == "coatt" else tiny_data
+    run = train(tiny_train_options(data, tmp_path / model, model=model, max_iters=3, save_checkpoint_every=3, self_critical_after=1, losses_log_every=1))
+    logged = load_checkpoint(run / "last.pt")["history"]["train_loss"]
+    assert [("reward" in e) for e in logged] == [False, True, True]
+    assert all(np.isfinite(e["loss"]) for e in logged)

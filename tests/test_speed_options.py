@@ -3,7 +3,7 @@ import logging
 import pytest
 import torch
 
-from conftest import tiny_train_options
+from imcap_testing import tiny_train_options
 from imcap.checkpoint import load_checkpoint
 from imcap.errors import ImcapError
 from imcap.models.caption_model import ModelArgs, build_model

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_train_options
+from imcap_testing import tiny_train_options
 from imcap.checkpoint import load_checkpoint
 from imcap.errors import ImcapError
 from imcap.train import Trainer, decayed_lr, train

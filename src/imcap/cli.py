@@ -383,7 +383,7 @@ def _run_reference_train(args: argparse.Namespace) -> int:
 
 @command
 def _add_features(sub) -> None:
-    from imcap.features import FeatureOptions
+    from imcap.config import FeatureOptions
     from imcap.options import add_dataclass_arguments
 
     p = sub.add_parser("features", help="run the CNN once over a data set and store its features (fp16 .npy)")
@@ -392,7 +392,8 @@ def _add_features(sub) -> None:
 
 
 def _run_features(args: argparse.Namespace) -> int:
-    from imcap.features import FeatureOptions, extract_features
+    from imcap.config import FeatureOptions
+    from imcap.features import extract_features
     from imcap.options import dataclass_from_args
 
     out = extract_features(dataclass_from_args(FeatureOptions, args))

@@ -101,3 +101,19 @@ class EvalOptions:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
+@dataclass
+class FeatureOptions:
+    """Options of `imcap features`."""
+
+    data: str = field(default="", metadata={"help": "prepro directory whose images to encode"})
+    out: str = field(default="", metadata={"help": "output directory"})
+    model: str = field(default="", metadata={"help": "take the CNN of this run/checkpoint (else --cnn)"})
+    cnn: str = field(default="resnet50", metadata={"help": "CNN when no --model: small, vgg16, resnet50, resnet101"})
+    cnn_weights: str = field(default="imagenet", metadata={"help": "imagenet (local torch cache), none, or a file"})
+    cnn_width: int = field(default=32, metadata={"help": "channels of the small CNN"})
+    image_size: int = field(default=0, metadata={"help": "input side (0: the CNN's own)"})
+    kinds: str = field(default="pooled,spatial", metadata={"help": "comma-separated: pooled (D per image) and/or spatial (K x C grid)"})
+    batch_size: int = field(default=32, metadata={"help": "images per batch"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from imcap.checkpoint import atomic_write_json, load_checkpoint
+from imcap.config import FeatureOptions
 from imcap.data.features import FORMAT
 from imcap.data.loader import CaptionDataset, PreproData, ResumableSampler, make_loader
 from imcap.errors import ImcapError
@@ -17,24 +17,6 @@ from imcap.models.caption_model import model_args_from_dict
 from imcap.models.encoders import ImageEncoder, build_encoder
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FeatureOptions:
-    """Options of `imcap features`."""
-
-    data: str = field(default="", metadata={"help": "prepro directory whose images to encode"})
-    out: str = field(default="", metadata={"help": "output directory"})
-    model: str = field(default="", metadata={"help": "take the CNN of this run/checkpoint (else --cnn)"})
-    cnn: str = field(default="resnet50", metadata={"help": "CNN when no --model: small, vgg16, resnet50, resnet101"})
-    cnn_weights: str = field(default="imagenet", metadata={"help": "imagenet (local torch cache), none, or a file"})
-    cnn_width: int = field(default=32, metadata={"help": "channels of the small CNN"})
-    image_size: int = field(default=0, metadata={"help": "input side (0: the CNN's own)"})
-    kinds: str = field(default="pooled,spatial", metadata={"help": "comma-separated: pooled (D per image) and/or spatial (K x C grid)"})
-    batch_size: int = field(default=32, metadata={"help": "images per batch"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
 def _encoder_from(opts: FeatureOptions) -> tuple[ImageEncoder, dict]:

@@ -8,6 +8,7 @@ import numpy as np
 from imcap.errors import ImcapError
 from imcap.reference import layers as L
 from imcap.reference.options import CELLS as CELL_TYPES
+
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # fused gate blocks in Wx, Wh, b
 
 _SEQUENCE = {
