@@ -2,9 +2,11 @@
 steps, with and without --amp and --compile, and the peak GPU memory of each; ratios are against
 fp32 eager of the same step, all measured in this one run. Batches are preloaded on the GPU, so the
 numbers are the model's (data loading excluded). Prints "no GPU" and exits 0 when CUDA is missing
-(--device cpu runs the same measurements on the CPU, without memory figures).
+(--device cpu runs the same measurements on the CPU, without memory figures; add --interleave on a
+shared machine, so that every variant sees the same load).
 
     python benchmarks/bench_gpu.py [--cnn resnet50] [--batch 32] [--steps 20] [--finetune]
+    python benchmarks/bench_gpu.py --device cpu --cnn small --size 256 --batch 16 --interleave
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--modes", default="xe,scst")
     parser.add_argument("--variants", default="fp32,amp,compile,amp+compile")
+    parser.add_argument("--interleave", action="store_true", help="alternate the variants step by step (shared machines); no memory figures")
     args = parser.parse_args()
     if args.device == "auto" and not torch.cuda.is_available():
         print("no GPU")
@@ -55,39 +58,58 @@ def main() -> int:
     print(f"{time.strftime('%Y-%m-%d')}, {name}, torch {torch.__version__}; {args.cnn} ({'fine-tuned' if args.finetune else 'frozen'}), "
           f"ShowTell {args.size}, batch {args.batch} images (x5 captions for XE, x{args.k} samples for SCST)")
 
-    batches = None
-    rows = []
+    batches: list = []
+
+    def make_trainer(mode: str, variant: str) -> Trainer:
+        opts = TrainOptions(data=str(tmp / "data"), checkpoint_path=str(tmp / f"run-{mode}-{variant}"), cnn=args.cnn, cnn_weights=str(weights),
+                            input_encoding_size=args.size, rnn_size=args.size, batch_size=args.batch, device=str(device), amp="amp" in variant,
+                            compile="compile" in variant, progress=False, finetune_cnn_after=0 if args.finetune else -1,
+                            self_critical_after=0 if mode == "scst" else -1, sc_sample_n=args.k)
+        trainer = Trainer(opts)
+        if not batches:
+            ds = CaptionDataset(trainer.data, trainer.train_indices, trainer.model.encoder.input_size, opts.seq_per_img, 0)
+            batches.extend((im.to(device), lab.to(device), idx) for im, lab, idx in make_loader(ds, args.batch, ResumableSampler(len(ds), 0), drop_last=True))
+        for i in range(args.warmup):  # --compile compiles here; SCST builds its CIDEr-D tables here
+            trainer.train_step(*batches[i % len(batches)])
+        return trainer
+
+    def steps(trainer: Trainer, n: int, start: int = 0) -> float:
+        """Seconds for `n` steps (the GPU synchronised before and after)."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for i in range(start, start + n):
+            trainer.train_step(*batches[i % len(batches)])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    def label(variant: str, trainer: Trainer) -> str:
+        return variant if "compile" not in variant or "forward" in vars(trainer.model) else f"{variant} (compile fell back)"
+
+    variants = args.variants.split(",")
     for mode in args.modes.split(","):
-        base_rate = None
-        for variant in args.variants.split(","):
-            amp, compile_ = "amp" in variant, "compile" in variant
-            run = tmp / f"run-{mode}-{variant}"
-            opts = TrainOptions(data=str(tmp / "data"), checkpoint_path=str(run), cnn=args.cnn, cnn_weights=str(weights), input_encoding_size=args.size,
-                                rnn_size=args.size, batch_size=args.batch, device=str(device), amp=amp, compile=compile_, progress=False,
-                                finetune_cnn_after=0 if args.finetune else -1, self_critical_after=0 if mode == "scst" else -1, sc_sample_n=args.k)
-            trainer = Trainer(opts)
-            if batches is None:
-                ds = CaptionDataset(trainer.data, trainer.train_indices, trainer.model.encoder.input_size, opts.seq_per_img, 0)
-                batches = [(im.to(device), lab.to(device), idx) for im, lab, idx in make_loader(ds, args.batch, ResumableSampler(len(ds), 0), drop_last=True)]
-            if mode == "scst":
-                trainer.scst.reward  # noqa: B018 - the cached CIDEr-D tables, built once per run
-            for i in range(args.warmup):
-                trainer.train_step(*batches[i % len(batches)])
-            compiled = "forward" in vars(trainer.model)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-                torch.cuda.reset_peak_memory_stats(device)
-            t0 = time.perf_counter()
+        if args.interleave:  # all variants alive, one step each in turn: the same machine load for all
+            trainers = {v: make_trainer(mode, v) for v in variants}
+            times: dict[str, list[float]] = {v: [] for v in variants}
             for i in range(args.steps):
-                trainer.train_step(*batches[i % len(batches)])
+                for v, t in trainers.items():
+                    times[v].append(steps(t, 1, i))
+            rates = {v: args.batch / sorted(ts)[len(ts) // 2] for v, ts in times.items()}
+            for v in variants:
+                print(f"{mode:5s} {label(v, trainers[v]):28s} {rates[v]:9.1f} images/s  {rates[v] / rates[variants[0]]:5.2f}x", flush=True)
+            del trainers
+            torch._dynamo.reset()
+            continue
+        base_rate = None
+        for variant in variants:
+            trainer = make_trainer(mode, variant)
             if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            rate = args.steps * args.batch / (time.perf_counter() - t0)
-            peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+                torch.cuda.reset_peak_memory_stats(device)
+            rate = args.steps * args.batch / steps(trainer, args.steps)
+            peak = f"peak {torch.cuda.max_memory_allocated(device) / 2**30:6.2f} GiB" if device.type == "cuda" else ""
             base_rate = base_rate or rate
-            shown = variant if not compile_ or compiled else f"{variant} (compile fell back)"
-            rows.append(f"{mode:5s} {shown:28s} {rate:9.1f} images/s  {rate / base_rate:5.2f}x  peak {peak:6.2f} GiB")
-            print(rows[-1], flush=True)
+            print(f"{mode:5s} {label(variant, trainer):28s} {rate:9.1f} images/s  {rate / base_rate:5.2f}x  {peak}", flush=True)
             del trainer
             torch._dynamo.reset()
             if device.type == "cuda":

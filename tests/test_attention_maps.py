@@ -12,6 +12,7 @@ from imcap.attention_maps import (
     attention_peak,
     default_geometry,
     grid_geometry,
+    smooth,
     spotlight,
     upsample,
     write_attention_maps,
@@ -43,6 +44,21 @@ def test_upsampled_map_peaks_at_the_cell_centre():
     centred = upsample(maps[:1], 64, default_geometry(64, 8, 8))  # cells in the middle of their blocks
     y, x = divmod(int(centred[0].argmax()), 64)
     assert (x // 8, y // 8) == (5, 2) and up[0].sum() > 0
+
+
+def test_smoothing_moves_the_peak_into_a_ring_of_attention():
+    # Attention around an object's edges (a ring of cells) peaks, once smoothed, on the object in the middle.
+    ring = torch.zeros(8, 8)
+    ring[2:5, 2:5] = 1.0
+    ring[3, 3] = 0.0
+    ring[2, 2] = 1.2  # the raw peak is on the ring
+    geo = GridGeometry(64, 0.5, 0.5, 8.0, 8.0)
+    assert attention_peak(ring, geo, sigma=0.0) == geo.centre(2, 2)
+    assert attention_peak(ring, geo) == geo.centre(3, 3)
+    assert torch.equal(smooth(ring, 0.0), ring)
+    inner = torch.zeros(8, 8)
+    inner[4, 4] = 1.0
+    torch.testing.assert_close(smooth(inner, 1.0).sum(), torch.tensor(1.0))  # mass kept away from the border
 
 
 def test_spotlight_and_figure():

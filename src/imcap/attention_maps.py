@@ -1,13 +1,15 @@
 """Pictures of where a model looks: per-word attention over the image, drawn as a PNG grid of tiles.
 
 The first tile is the image; every other tile is the image lit where the word's attention map (the
-decoder's h x w weights, upsampled bilinearly) is high, with the word written under it. `saliency.py`
+decoder's h x w weights, smoothed by a Gaussian of one grid cell and upsampled bilinearly between the
+cells' receptive-field centres) is high, with the word written under it. `saliency.py`
 reuses `tile_grid` for gradient saliency maps.
 """
 from __future__ import annotations
 
 import base64
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from imcap.checkpoint import atomic_write
 
 TILE = 128
+SMOOTHING = 1.0  # Gaussian sigma, in grid cells, of the pictures and of the peak (the paper upsamples and blurs too)
 LABEL_HEIGHT = 16
 COLUMNS = 6
 
@@ -28,6 +31,18 @@ def attention_grid(alphas: torch.Tensor, grid_size: tuple[int, ...] | None) -> t
     if grid_size is not None and len(grid_size) == 2 and grid_size[0] * grid_size[1] == alphas.size(-1):
         return alphas.reshape(alphas.size(0), *grid_size)
     return alphas
+
+
+def smooth(maps: torch.Tensor, sigma: float = SMOOTHING) -> torch.Tensor:
+    """Maps (..., h, w) filtered by a Gaussian of `sigma` grid cells (0: unchanged), as Show-Attend-Tell's pictures."""
+    if sigma <= 0:
+        return maps.float()
+    radius = max(1, math.ceil(2 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = (k[:, None] * k[None, :] / k.sum() ** 2).view(1, 1, 2 * radius + 1, 2 * radius + 1)
+    flat = maps.float().reshape(-1, 1, *maps.shape[-2:])  # (N, 1, h, w)
+    return torch.nn.functional.conv2d(flat, kernel, padding=radius).view(maps.shape)
 
 
 @dataclass(frozen=True)
@@ -101,10 +116,10 @@ def upsample(maps: torch.Tensor, side: int, geometry: GridGeometry | None = None
     return out.squeeze(1)
 
 
-def attention_peak(weights: torch.Tensor, geometry: GridGeometry, image_size: int | None = None) -> tuple[float, float]:
-    """The (x, y) centre of the most attended cell of one map (h, w), in pixels of an image of side
-    `image_size` (default: the model's input side)."""
-    row, col = divmod(int(weights.flatten().argmax()), weights.size(1))
+def attention_peak(weights: torch.Tensor, geometry: GridGeometry, image_size: int | None = None, sigma: float = SMOOTHING) -> tuple[float, float]:
+    """Where one map (h, w) peaks: the centre of its highest cell after Gaussian smoothing of `sigma` cells
+    (the picture's peak), in pixels of an image of side `image_size` (default: the model's input side)."""
+    row, col = divmod(int(smooth(weights, sigma).flatten().argmax()), weights.size(1))
     x, y = geometry.centre(row, col)
     scale = (image_size or geometry.size) / geometry.size
     return x * scale, y * scale
@@ -114,9 +129,9 @@ def _resize(image: Image.Image, size: int) -> Image.Image:
     return image.convert("RGB").resize((size, size), Image.NEAREST if max(image.size) <= size // 2 else Image.BILINEAR)
 
 
-def spotlight(image: Image.Image, weights: torch.Tensor, size: int = TILE, geometry: GridGeometry | None = None) -> Image.Image:
-    """The image (resized to `size`) lit by one attention map (h, w): dark where the weight is low."""
-    light = upsample(weights[None], size, geometry)[0]  # (size, size)
+def spotlight(image: Image.Image, weights: torch.Tensor, size: int = TILE, geometry: GridGeometry | None = None, sigma: float = SMOOTHING) -> Image.Image:
+    """The image (resized to `size`) lit by one attention map (h, w), smoothed by `sigma` cells: dark where the weight is low."""
+    light = upsample(smooth(weights, sigma)[None], size, geometry)[0]  # (size, size)
     light = (light / light.max().clamp(min=1e-12)).numpy()
     pixels = np.asarray(_resize(image, size), dtype=np.float32)  # (size, size, 3)
     return Image.fromarray(np.clip(pixels * (0.15 + 0.85 * light[:, :, None]), 0, 255).astype(np.uint8))
@@ -218,9 +233,10 @@ class Grounding:
         return self.chance / max(self.words, 1)
 
 
-def grounding(captioner, data, indices: Sequence[int], opts=None, batch_size: int = 64) -> Grounding:
+def grounding(captioner, data, indices: Sequence[int], opts=None, batch_size: int = 64, sigma: float = SMOOTHING) -> Grounding:
     """On synthetic scenes: caption images `indices` of a PreproData and check every generated word that
-    names one object (its colour or shape): does that word's attention peak lie inside the object's box?"""
+    names one object (its colour or shape): does that word's attention peak (`attention_peak` with
+    smoothing `sigma`; 0: the raw highest cell) lie inside the object's box?"""
     from imcap.data.images import image_to_tensor, load_image
     from imcap.data.synth import named_object
 
@@ -244,6 +260,6 @@ def grounding(captioner, data, indices: Sequence[int], opts=None, batch_size: in
                 x0, y0, x1, y1 = obj["bbox"]
                 inside = [x0 <= x < x1 and y0 <= y < y1 for x, y in centres]
                 total += 1
-                hits += inside[int(weights[t].flatten().argmax())]
+                hits += inside[int(smooth(weights[t], sigma).flatten().argmax())]
                 chance += sum(inside) / len(inside)
     return Grounding(hits, total, chance)

@@ -88,14 +88,11 @@ def channels_last_input(x: torch.Tensor, enabled: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if enabled and x.dim() == 4 else x
 
 
-# (module, method name) pairs compiled by `compile_model`: the whole forward (teacher forcing, CNN
-# included) and the decoder's step (sampling and the greedy baseline in self-critical training).
+# (module, method name) pairs compiled by `compile_model`: the whole teacher-forcing forward, CNN
+# included. The decoder's step is left eager: word-by-word sampling breaks the graph and changes
+# shapes (B*K samples, B greedy rows), and compiling it made SCST steps slower (benchmarks/bench_gpu.py).
 def _targets(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    targets = [(model, "forward")]
-    decoder = getattr(model, "decoder", None)
-    if decoder is not None and hasattr(decoder, "step"):
-        targets.append((decoder, "step"))
-    return targets
+    return [(model, "forward")]
 
 
 def uncompile_model(model: nn.Module) -> None:
@@ -122,7 +119,7 @@ def _preserved(model: nn.Module) -> Iterator[None]:
 
 
 def compile_model(model: nn.Module, trial: Callable[[], None], backend: str | Callable = "inductor") -> bool:
-    """torch.compile the model's forward and decoder step; run `trial()` (a forward and backward) to check.
+    """torch.compile the model's forward; run `trial()` (a forward and backward) to check.
 
     Compilation happens at the first call, so failures show up in the trial: then the model is put back
     to eager mode with a one-line warning and False is returned. The trial leaves no trace (RNG, buffers

@@ -169,8 +169,10 @@ class Trainer:
         self.compile_pending = opts.compile
         sc = SCSTOptions(opts.sc_sample_n, opts.sc_baseline, opts.sc_bleu4_weight, opts.sc_entropy_weight, opts.sc_unfinished_penalty, opts.sc_temperature, self.data.max_length)
         self.scst = SelfCritical(self.data, sc) if opts.self_critical_after >= 0 else None
-        frozen = self.features is not None or not self.cnn_from_scratch  # some parameters may get no gradient
-        self.net = distributed.wrap(self.model, self.world, self.device, find_unused=frozen)  # net(fn, ...) = fn(model, ...)
+        # every parameter gets a gradient in every step only for show_tell on images with a trained CNN; otherwise
+        # DDP must look for unused ones (a frozen CNN, the pooled head beside a spatial decoder, ...)
+        all_used = self.model.args.model == "show_tell" and self.features is None and self.cnn_from_scratch
+        self.net = distributed.wrap(self.model, self.world, self.device, find_unused=not all_used)  # net(fn, ...) = fn(model, ...)
         self.last_stats: dict = {}
 
     # ------------------------------------------------------------------ one step

@@ -200,10 +200,14 @@ def counts_from_gram_ids(gram_ids: list[tuple[np.ndarray, np.ndarray, int]], len
     """Per-sentence counts (sorted by gram, then sentence) from `DocumentFrequency.gram_ids` output."""
     n_sent = max(len(lengths), 1)
     sent_of_pos = np.repeat(np.arange(len(lengths)), lengths)
+    span = max(max((n_ids for _, _, n_ids in gram_ids), default=1), 1) * n_sent
+    key = np.concatenate([k * span + gram * n_sent + sent_of_pos[pos] for k, (pos, gram, _) in enumerate(gram_ids)])
+    uniq, count = np.unique(key, return_counts=True)
+    bounds = np.searchsorted(uniq, np.arange(len(gram_ids) + 1) * span)
     out = []
-    for pos, gram, n_ids in gram_ids:
-        uniq, count = np.unique(gram * n_sent + sent_of_pos[pos], return_counts=True)
-        out.append(OrderCounts(uniq % n_sent, uniq // n_sent, count, n_ids))
+    for k, (_, _, n_ids) in enumerate(gram_ids):
+        rest = uniq[bounds[k]:bounds[k + 1]] - k * span
+        out.append(OrderCounts(rest % n_sent, rest // n_sent, count[bounds[k]:bounds[k + 1]], n_ids))
     return out
 
 
@@ -370,11 +374,18 @@ class CiderDReward:
         if len(lengths) != len(img):
             raise ImcapError(f"CiderDReward: {len(img)} image ids but {len(lengths)} candidates")
         b = len(img)
+        n_orders = self.table.n
         counts = counts_from_gram_ids(self.table.gram_ids(word_ids, lengths), lengths)
+        # All orders at once: entry arrays concatenated, each entry tagged with its order.
+        sent = np.concatenate([oc.sent for oc in counts])
+        gram = np.concatenate([oc.gram for oc in counts])
+        order = np.repeat(np.arange(n_orders), [len(oc.gram) for oc in counts])
+        df = np.concatenate([self.table.df_of(k + 1, oc.gram) for k, oc in enumerate(counts)])
+        w = np.concatenate([oc.count for oc in counts]) * (self.table.log_docs - np.log(np.maximum(1.0, df)))
+        norm = np.sqrt(np.bincount(sent * n_orders + order, weights=w * w, minlength=b * n_orders)).reshape(b, n_orders)
         m = self.n_refs[img]
         pair_start = _starts(m)
-        val = np.zeros((int(m.sum()), len(counts)))
-        norm = np.zeros((b, len(counts)))
+        n_pairs = int(m.sum())
         # The reference entries of this batch's images only (each image's entries are one sorted run).
         refs = self._refs
         images = np.unique(img)
@@ -382,20 +393,18 @@ class CiderDReward:
         take = np.repeat(lo_img - np.concatenate(([0], np.cumsum(hi_img - lo_img)[:-1])), hi_img - lo_img)
         take += np.arange(len(take))
         local_keys, local_weight, local_ref = refs.keys[take], refs.weight[take], refs.ref[take]
-        for k, oc in enumerate(counts):
-            w = oc.count * (self.table.log_docs - np.log(np.maximum(1.0, self.table.df_of(k + 1, oc.gram))))
-            norm[:, k] = np.sqrt(np.bincount(oc.sent, weights=w * w, minlength=b))
-            known = oc.gram < len(self.table.keys[k])
-            key = np.where(known, (img[oc.sent] * len(counts) + k) * refs.stride + oc.gram, -1)
-            lo = np.searchsorted(local_keys, key, "left")
-            hits = np.where(known, np.searchsorted(local_keys, key, "right") - lo, 0)
-            has = np.flatnonzero(hits)
-            rep = np.repeat(has, hits[has])
-            within = np.arange(len(rep)) - np.repeat(np.cumsum(hits[has]) - hits[has], hits[has])
-            entry = lo[rep] + within
-            w_ref = local_weight[entry]
-            slot = pair_start[oc.sent[rep]] + self._ref_local[local_ref[entry]]
-            val[:, k] = np.bincount(slot, weights=np.minimum(w[rep], w_ref) * w_ref, minlength=len(val))
+        known = gram < np.array([len(k) for k in self.table.keys])[order]
+        key = np.where(known, (img[sent] * n_orders + order) * refs.stride + gram, -1)
+        lo = np.searchsorted(local_keys, key, "left")
+        hits = np.where(known, np.searchsorted(local_keys, key, "right") - lo, 0)
+        has = np.flatnonzero(hits)
+        rep = np.repeat(has, hits[has])
+        within = np.arange(len(rep)) - np.repeat(np.cumsum(hits[has]) - hits[has], hits[has])
+        entry = lo[rep] + within
+        w_ref = local_weight[entry]
+        slot = pair_start[sent[rep]] + self._ref_local[local_ref[entry]]
+        val = np.bincount(slot * n_orders + order[rep], weights=np.minimum(w[rep], w_ref) * w_ref,
+                          minlength=n_pairs * n_orders).reshape(n_pairs, n_orders)
         cand_of_slot = np.repeat(np.arange(b), m)
         ref_of_slot = np.repeat(self._first_ref[img], m) + (np.arange(len(val)) - np.repeat(pair_start, m))
         nh, nr = norm[cand_of_slot], self._ref_norm[ref_of_slot]
@@ -403,5 +412,5 @@ class CiderDReward:
         val = np.where(both, val / np.where(both, nh * nr, 1.0), val)
         delta = np.maximum(lengths - 1, 0)[cand_of_slot] - self._ref_bigrams[ref_of_slot]
         val *= np.power(np.e, -(delta**2) / (2 * self._sigma**2))[:, None]
-        per_cand = np.add.reduceat(val, pair_start, axis=0) if len(val) else np.zeros((b, len(counts)))
+        per_cand = np.add.reduceat(val, pair_start, axis=0) if len(val) else np.zeros((b, n_orders))
         return np.mean(per_cand, axis=1) / m * 10.0

@@ -124,7 +124,7 @@ class PTBTokenizer:
             if chunk:
                 toks = middle.get(chunk, ())
                 if toks == ():
-                    toks = middle[chunk] = _filtered(_lex_lower(chunk, " "))
+                    toks = middle[chunk] = _plain_word(chunk) or _filtered(_lex_lower(chunk, " "))
                 if toks is None:
                     return _postprocess(_lex_lower(line, follow))
                 words.extend(toks)
@@ -133,11 +133,20 @@ class PTBTokenizer:
         key = (chunk, after)
         toks = self._last.get(key, ())
         if toks == ():
-            toks = self._last[key] = _filtered(_lex_lower(chunk, after))
+            toks = self._last[key] = _plain_word(chunk) or _filtered(_lex_lower(chunk, after))
         if toks is None:
             return _postprocess(_lex_lower(line, follow))
         words.extend(toks)
         return " ".join(words)
+
+
+def _plain_word(chunk: str) -> tuple[str] | None:
+    """An ASCII word lexes to itself, lower-cased (unless it is one the lexer splits); else None."""
+    if chunk.isascii() and chunk.isalpha():
+        lower = chunk.lower()
+        if lower not in _SPLIT_WORDS:
+            return (lower,)
+    return None
 
 
 def _follow(lines: list[str], i: int) -> str:

@@ -19,8 +19,10 @@ import io
 import json
 import logging
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,14 +32,15 @@ from imcap.checkpoint import atomic_write, atomic_write_json, atomic_write_text,
 from imcap.data.images import find_images
 from imcap.errors import ImcapError
 from imcap.search.data import encode_query, load_image_uint8, pad_ids
-from imcap.search.models import LoadedModel, load_search_model
+from imcap.search.models import LoadedModel, SearchModel, load_search_model
 
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT, INDEX_VERSION = "imcap-search-index", 1
 MANIFEST = "index.json"
 SHARD_BYTES = 256 << 20  # features per shard file (and in memory while building)
-QUERY_CHUNK_BYTES = 64 << 20  # gallery rows turned into a float32 tensor at a time while querying
+QUERY_CHUNK_BYTES = 64 << 20  # gallery rows turned into a float32 tensor at a time while querying a large index
+RESIDENT_BYTES = 2 << 30  # an index whose float32 features fit in this is kept in memory after the first query
 
 
 @dataclass
@@ -188,6 +191,25 @@ def build_index(model: str | Path, images: list[str], out: str | Path, batch_siz
     return report
 
 
+@torch.no_grad()
+def top_k(model: SearchModel, text: Any, blocks: Iterable[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best scores (Q, k) and their gallery rows (Q, k) of queries `text` over gallery blocks given in row order."""
+    best: torch.Tensor | None = None
+    best_rows = torch.zeros(0, dtype=torch.long)
+    offset = 0
+    for gallery in blocks:
+        scores = model.scores(text, gallery).float().cpu()  # (Q, c)
+        rows = torch.arange(offset, offset + len(gallery)).expand(len(scores), -1)
+        if best is not None:
+            scores, rows = torch.cat([best, scores], 1), torch.cat([best_rows, rows], 1)
+        best, pick = scores.topk(min(k, scores.size(1)), dim=1)
+        best_rows = rows.gather(1, pick)
+        offset += len(gallery)
+    if best is None:
+        raise ImcapError("the index is empty")
+    return best, best_rows
+
+
 class SearchIndex:
     """An opened index: the model that embeds queries, and the shards (memory-mapped) with their image paths."""
 
@@ -205,6 +227,7 @@ class SearchIndex:
                 raise ImcapError(f"{root}: shard {shard['name']} does not match index.json (damaged index; rebuild it)")
             self.features.append(array)
             self.paths.extend(names)
+        self._resident: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -214,6 +237,19 @@ class SearchIndex:
         """The model kind, gna or dual."""
         return self.loaded.model.kind
 
+    def blocks(self, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+        """The gallery features as float32 tensors, in row order: held in memory when they fit RESIDENT_BYTES,
+        else read from the memory-mapped shards QUERY_CHUNK_BYTES at a time."""
+        if self._resident is None and 4 * len(self) * self.manifest["dim"] <= RESIDENT_BYTES:
+            self._resident = [torch.from_numpy(np.array(a, dtype=np.float32)).to(device) for a in self.features]
+        if self._resident is not None:
+            yield from self._resident
+            return
+        chunk = max(1, QUERY_CHUNK_BYTES // (4 * self.manifest["dim"]))
+        for array in self.features:
+            for s in range(0, len(array), chunk):
+                yield torch.from_numpy(np.array(array[s:s + chunk], dtype=np.float32)).to(device)  # (c, F)
+
     @torch.no_grad()
     def search(self, texts: list[str], k: int = 10) -> list[list[tuple[str, float]]]:
         """The k best images for each text, best first, as (path, score) (dual: cosine; gna: affinity in (0, 1))."""
@@ -222,21 +258,11 @@ class SearchIndex:
         model = self.loaded.model
         device = model.encoder.mean.device
         tokens = pad_ids([encode_query(t, self.loaded.vocab, self.loaded.max_length) for t in texts]).to(device)  # (Q, T)
-        text = model.text_features(tokens)
-        best = torch.full((len(texts), 0), float("-inf"))
-        best_rows = torch.zeros((len(texts), 0), dtype=torch.long)
-        offset = 0
-        chunk = max(1, QUERY_CHUNK_BYTES // (4 * self.manifest["dim"]))
-        for array in self.features:
-            for s in range(0, len(array), chunk):
-                gallery = torch.from_numpy(np.array(array[s:s + chunk], dtype=np.float32)).to(device)  # (c, F)
-                scores = model.scores(text, gallery).float().cpu()  # (Q, c)
-                rows = torch.arange(offset + s, offset + s + len(gallery)).expand(len(texts), -1)
-                merged, pick = torch.cat([best, scores], 1).topk(min(k, best.size(1) + scores.size(1)), dim=1)
-                best, best_rows = merged, torch.cat([best_rows, rows], 1).gather(1, pick)
-            offset += len(array)
+        if len(self) == 0:
+            return [[] for _ in texts]
+        best, rows = top_k(model, model.text_features(tokens), self.blocks(device), k)
         shown = model.to_probability(best)
-        return [[(self.paths[int(r)], float(v)) for r, v in zip(best_rows[q], shown[q])] for q in range(len(texts))]
+        return [[(self.paths[int(r)], float(v)) for r, v in zip(rows[q], shown[q])] for q in range(len(texts))]
 
     def query(self, text: str, k: int = 10) -> list[tuple[str, float]]:
         """The k best images for one text, best first, as (path, score)."""

@@ -25,6 +25,8 @@ class SearchTrainOptions:
     cnn: str = _opt("small", "image encoder: small (trains from scratch), vgg16, resnet50, resnet101")
     cnn_weights: str = _opt("imagenet", "CNN weights: imagenet (local torch cache), none (random), or a file path")
     cnn_width: int = _opt(32, "channels of the small CNN's first layer")
+    cnn_from: str = _opt("", "start the image encoder (CNN and head) from another imcap run or checkpoint, search or captioning, "
+                             "trained on the same images (GNA-RNN's VGG-16 was first trained on the person images); it keeps training")
     image_size: int = _opt(0, "input side in pixels (0: the CNN's own, 64 small / 224 others)")
     input_encoding_size: int = _opt(512, "size of the image encoding and of the word embeddings")
     rnn_size: int = _opt(512, "hidden units of the sentence RNN")

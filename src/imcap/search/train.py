@@ -23,7 +23,7 @@ from imcap.data.loader import ResumableSampler
 from imcap.errors import ImcapError
 from imcap.search.data import ImageCache, SearchData, trim
 from imcap.search.evaluate import evaluate_search
-from imcap.search.models import MODELS, DualEncoder, SearchModelArgs, build_search_model
+from imcap.search.models import MODELS, DualEncoder, SearchModel, SearchModelArgs, build_search_model
 from imcap.search.options import SearchTrainOptions
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,27 @@ def _optimizer(name: str, params: list, lr: float, alpha: float, beta: float, ep
 
 def _decayed(base: float, iteration: int, start: int, every: int) -> float:
     return base if start < 0 or iteration <= start else base * 0.5 ** ((iteration - start) / every)
+
+
+def init_encoder_from(model: SearchModel, path: str | Path) -> None:
+    """Copy the image encoder of another imcap checkpoint (search or captioning) into `model`: the CNN, and its head when the sizes match."""
+    ckpt = load_checkpoint(path)
+    state = ckpt.get("state_dict") if ckpt.get("kind") == "search" else ckpt.get("model")
+    if not isinstance(state, dict):
+        raise ImcapError(f"{path}: checkpoint holds no model weights")
+    encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    backbone = {k[len("backbone."):]: v for k, v in encoder.items() if k.startswith("backbone.")}
+    try:
+        model.encoder.backbone.load_state_dict(backbone)
+    except RuntimeError as exc:
+        args = model.args
+        raise ImcapError(f"{path}: its CNN does not fit --cnn {args.cnn} --cnn-width {args.cnn_width} "
+                         f"({str(exc).splitlines()[-1].strip()[:100]})") from None
+    head = {k[len("head."):]: v for k, v in encoder.items() if k.startswith("head.")}
+    mine = model.encoder.head.state_dict()
+    if head.keys() == mine.keys() and all(mine[k].shape == v.shape for k, v in head.items()):
+        model.encoder.head.load_state_dict(head)
+    log.info("image encoder initialised from %s%s", path, "" if head.keys() == mine.keys() else " (CNN only)")
 
 
 class SearchTrainer:
@@ -84,8 +105,10 @@ class SearchTrainer:
         else:
             args = SearchModelArgs(opts.model, len(self.data.vocab), opts.cnn, opts.cnn_width, opts.image_size, opts.input_encoding_size,
                                    opts.rnn_size, opts.units, opts.embed_size, opts.rnn_type, opts.drop_prob_lm)
-            weights = None if opts.cnn_weights in ("", "none") else opts.cnn_weights
+            weights = None if opts.cnn_weights in ("", "none") or opts.cnn_from else opts.cnn_weights
             self.model = build_search_model(args, weights)
+            if opts.cnn_from:
+                init_encoder_from(self.model, opts.cnn_from)
         if self.model.args.vocab_size != len(self.data.vocab):
             raise ImcapError(f"{opts.data}: vocabulary ({len(self.data.vocab)}) differs from the run's ({self.model.args.vocab_size})")
         self.model.to(self.device)
