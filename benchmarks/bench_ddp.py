@@ -3,7 +3,7 @@
 Each process gets one thread (OMP_NUM_THREADS=1) and --batch-size images per step, so 2 processes
 train on twice the images per step. Throughput is read from the run's history (rank 0's clock, after
 --warmup iterations; process start-up and validation are not counted). Runs alternate 1, 2, 1, 2...
-so both see the same machine load.
+so both see similar machine load; the summary is the median over rounds.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_ddp.py [--iters 40] [--rounds 2] [--scst]
 """
@@ -58,8 +58,11 @@ def main() -> None:
             subprocess.run([*base, "--checkpoint-path", str(run), "--nproc", str(nproc)], env=env, check=True, capture_output=True)
             results[nproc].append(images_per_second(run, args.batch, nproc, args.warmup))
             print(f"  round {r + 1}: {nproc} process{'es' if nproc > 1 else ''}: {results[nproc][-1]:.1f} images/s")
-    one, two = max(results[1]), max(results[2])  # best of the rounds: least disturbed by other load
-    print(f"1 process {one:.1f} images/s, 2 processes {two:.1f} images/s -> {two / one:.2f}x ({two / one / 2:.0%} scaling efficiency)")
+    ratios = sorted(b / a for a, b in zip(results[1], results[2]))  # each round's pair ran back to back
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    ratio = med(ratios)
+    print(f"median: 1 process {med(results[1]):.1f} images/s, 2 processes {med(results[2]):.1f} images/s; "
+          f"2 vs 1 per round: median {ratio:.2f}x ({ratio / 2:.0%} scaling efficiency), range {ratios[0]:.2f}x-{ratios[-1]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Tasks: captions (`imcap synth`) and questions (`imcap synth --task vqa`, same im
 Every run trains half its iterations, stops, resumes from its checkpoint to the end, and is scored on the
 test split with greedy and batched beam-3 decoding. Rows:
 
-    captions   show_tell (image at every step), show_attend_tell
+    captions   show_tell (image at every step), show_attend_tell (64 px and 128 px input)
     questions  coatt conditioned on the answer, and show_tell / show_attend_tell trained on the same
                questions without it (the answer has to matter)
 
@@ -40,12 +40,13 @@ from imcap.models.caption_model import ModelArgs, build_model  # noqa: E402
 from imcap.models.coatt import condition_vocab_of  # noqa: E402
 from imcap.train import train  # noqa: E402
 
-RUNS = [  # (name, task, model)
-    ("show_tell", "captions", "show_tell"),
-    ("show_attend_tell", "captions", "show_attend_tell"),
-    ("coatt (answer)", "vqa", "coatt"),
-    ("show_tell (no answer)", "vqa", "show_tell"),
-    ("show_attend_tell (no answer)", "vqa", "show_attend_tell"),
+RUNS = [  # (name, task, model, input side in pixels: 0 is the CNN's own, 64)
+    ("show_tell", "captions", "show_tell", 0),
+    ("show_attend_tell", "captions", "show_attend_tell", 0),
+    ("show_attend_tell, 128 px input", "captions", "show_attend_tell", 128),
+    ("coatt (answer)", "vqa", "coatt", 0),
+    ("show_tell (no answer)", "vqa", "show_tell", 0),
+    ("show_attend_tell (no answer)", "vqa", "show_attend_tell", 0),
 ]
 
 
@@ -61,10 +62,10 @@ def make_data(out: Path, images: int, seed: int) -> dict[str, Path]:
     return dirs
 
 
-def options(args, data: Path, run: Path, model: str, max_iters: int, resume: bool) -> TrainOptions:
+def options(args, data: Path, run: Path, model: str, image_size: int, max_iters: int, resume: bool) -> TrainOptions:
     """The same training recipe for every decoder (the demo's, with the image at every step for show_tell)."""
     return TrainOptions(
-        data=str(data), checkpoint_path=str(run), resume=resume, model=model, cnn="small", image_input="every",
+        data=str(data), checkpoint_path=str(run), resume=resume, model=model, cnn="small", image_input="every", image_size=image_size,
         input_encoding_size=args.size, rnn_size=args.size, drop_prob_lm=0.2, learning_rate=1e-3, max_iters=max_iters,
         batch_size=args.batch_size, save_checkpoint_every=max(max_iters, 1), val_images_use=200, seed=args.seed, progress=False,
         learning_rate_decay_start=args.iters // 2, learning_rate_decay_every=max(args.iters // 4, 1), alpha_c=args.alpha_c,
@@ -75,9 +76,9 @@ def batch_seconds(args, dirs: dict[str, Path], rounds: int) -> dict[str, float]:
     """Median seconds of forward + backward on one training batch per run, interleaved round by round."""
     torch.manual_seed(0)
     jobs = {}
-    for name, task, model in RUNS:
+    for name, task, model, image_size in RUNS:
         data = PreproData.load(dirs[task])
-        margs = ModelArgs(model=model, input_encoding_size=args.size, rnn_size=args.size, drop_prob_lm=0.2, image_input="every", vocab_size=data.vocab.vocab_size)
+        margs = ModelArgs(model=model, image_size=image_size, input_encoding_size=args.size, rnn_size=args.size, drop_prob_lm=0.2, image_input="every", vocab_size=data.vocab.vocab_size)
         if model == "coatt":
             margs.condition_field, margs.condition_vocab = "answer", condition_vocab_of(data, "answer")
         net = build_model(margs).train()
@@ -127,26 +128,26 @@ def main() -> None:
     dirs = make_data(out, args.images, args.seed)
     speed = batch_seconds(args, dirs, args.rounds)
     rows = []
-    for name, task, model in RUNS:
-        run = out / name.replace(" ", "_").replace("(", "").replace(")", "")
+    for name, task, model, image_size in RUNS:
+        run = out / "".join(c if c.isalnum() else "_" for c in name)
         data = PreproData.load(dirs[task])
         t0 = time.time()
         if not (run / "last.pt").exists():
-            train(options(args, dirs[task], run, model, args.iters // 2, resume=False))
-        train(options(args, dirs[task], run, model, args.iters, resume=True))  # checkpoint -> resume -> the end
+            train(options(args, dirs[task], run, model, image_size, args.iters // 2, resume=False))
+        train(options(args, dirs[task], run, model, image_size, args.iters, resume=True))  # checkpoint -> resume -> the end
         wall = time.time() - t0
         row = {"name": name, "task": task, "seconds_per_batch": speed[name], "ratio_to_show_tell": speed[name] / speed["show_tell"], "wall_s": wall, **score(run, data, True)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     blind = {task: blind_cider(PreproData.load(d), "test")[1] for task, d in dirs.items()}
     (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows, "blind": blind}, indent=2))
-    print("\n| task | model | CIDEr greedy | CIDEr beam 3 | grounding (smoothed / raw peak) | s / batch (fwd+bwd) | vs show_tell |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| task | model | CIDEr greedy | CIDEr beam 3 | grounding (smoothed / raw peak) | s / batch (fwd+bwd) | vs show_tell | training wall s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         g = f"{100 * r['grounding']:.0f}% / {100 * r['grounding_raw']:.0f}% (chance {100 * r['grounding_chance']:.0f}%)" if "grounding" in r else "-"
-        print(f"| {r['task']} | {r['name']} | {r['greedy']:.3f} | {r['beam3']:.3f} | {g} | {r['seconds_per_batch']:.3f} | {r['ratio_to_show_tell']:.2f}x |")
+        print(f"| {r['task']} | {r['name']} | {r['greedy']:.3f} | {r['beam3']:.3f} | {g} | {r['seconds_per_batch']:.3f} | {r['ratio_to_show_tell']:.2f}x | {r['wall_s']:.0f} |")
     for task, value in blind.items():
-        print(f"| {task} | blind baseline (most frequent training caption) | {value:.3f} | | | | |")
+        print(f"| {task} | blind baseline (most frequent training caption) | {value:.3f} | | | | | |")
 
 
 if __name__ == "__main__":

@@ -82,7 +82,12 @@ def test_write_attention_maps_keeps_files_with_the_same_name_apart(tmp_path):
 
 @pytest.fixture(scope="module")
 def grounded(tmp_path_factory):
-    """show_attend_tell trained briefly on synthetic scenes with one or two objects; its grounding on val + test."""
+    """show_attend_tell after a short focused run; its grounding on the val + test scenes.
+
+    Focused: scenes with one or two objects (object words are unambiguous more often), captions cut to
+    their first 8 words (half the decoding steps), 128 px input (the 64 px scenes upsampled, so that the
+    small CNN's 8 px cells are 4 scene pixels and objects span several cells).
+    """
     from imcap.attention_maps import grounding
     from imcap.captioner import Captioner
     from imcap.config import TrainOptions
@@ -96,21 +101,25 @@ def grounded(tmp_path_factory):
     generate_scenes(root / "synth", num_images=500, seed=11, progress=False)
     captions = root / "synth" / "captions.json"
     meta = json.loads(captions.read_text())
-    meta["images"] = [r for r in meta["images"] if len(r["objects"]) <= 2]  # object words are unambiguous more often
+    meta["images"] = [r for r in meta["images"] if len(r["objects"]) <= 2]
     captions.write_text(json.dumps(meta))
-    prepro(PreproOptions(input=str(root / "synth"), output_dir=str(root / "data"), word_count_threshold=0))
+    prepro(PreproOptions(input=str(root / "synth"), output_dir=str(root / "data"), word_count_threshold=0, max_length=8))
     run = train(TrainOptions(
         data=str(root / "data"), checkpoint_path=str(root / "run"), model="show_attend_tell", cnn="small", cnn_width=8,
-        input_encoding_size=48, rnn_size=48, drop_prob_lm=0.0, batch_size=32, seq_per_img=2, learning_rate=4e-3,
-        max_iters=200, save_checkpoint_every=200, val_images_use=8, progress=False, seed=5,
+        image_size=128, input_encoding_size=48, rnn_size=48, drop_prob_lm=0.0, batch_size=32, seq_per_img=1,
+        learning_rate=4e-3, max_iters=200, save_checkpoint_every=200, val_images_use=8, progress=False, seed=5,
     ))
     data = PreproData.load(root / "data")
     captioner = Captioner.load(run / "last.pt", "cpu")
-    return grounding(captioner, data, data.split_indices("val") + data.split_indices("test"), DecodeOptions(max_length=16))
+    indices = data.split_indices("val") + data.split_indices("test")
+    opts = DecodeOptions(max_length=16)
+    return grounding(captioner, data, indices, opts), grounding(captioner, data, indices, opts, sigma=0.0)
 
 
 def test_attention_peaks_inside_the_named_object(grounded):
-    # Words naming one object (its colour or its shape): the most attended cell's centre lies in that object's box.
-    assert grounded.words >= 60
-    assert grounded.rate > 0.5, grounded
-    assert grounded.rate > 4 * grounded.chance_rate, grounded
+    # Words naming one object (its colour or its shape): the attention map's peak lies in that object's box.
+    smoothed, raw = grounded
+    assert smoothed.words >= 60
+    assert smoothed.rate > 0.5, smoothed  # measured 0.70-0.85 over seeds 5-8
+    assert smoothed.rate > 5 * smoothed.chance_rate, smoothed
+    assert raw.rate > 3 * raw.chance_rate, raw  # even the highest raw cell: measured 0.51-0.69

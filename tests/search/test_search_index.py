@@ -143,3 +143,17 @@ def test_html_page_of_hits(search_runs, folder, tmp_path):
     assert "a &lt;red&gt; circle" in page and "<red>" not in page
     assert page.count("data:image/png;base64,") == 4 and page.count("class='hit'") == 4
     assert all(p in page for p, _ in hits) and f"{hits[0][1]:.4f}" in page
+
+
+def test_a_large_index_is_streamed_from_the_shards(search_runs, folder, tmp_path, monkeypatch):
+    build_index(search_runs["gna"], [str(folder)], tmp_path / "idx", batch_size=5, shard_rows=5, progress=False)
+    texts = ["a red circle", "two shapes : a blue square and a green cross"]
+    resident = load_index(str(tmp_path / "idx")).search(texts, k=7)
+    monkeypatch.setattr(search_index, "RESIDENT_BYTES", 0)
+    monkeypatch.setattr(search_index, "QUERY_CHUNK_BYTES", 3 * 4 * (16 + 4 * 16))  # blocks of 3 rows
+    index = load_index(str(tmp_path / "idx"))
+    assert len(list(index.blocks())) == 5  # shards of 5, 5, 2 rows read 3 rows at a time
+    streamed = index.search(texts, k=7)
+    for a, b in zip(resident, streamed):
+        assert [p for p, _ in a] == [p for p, _ in b]
+        np.testing.assert_allclose([s for _, s in a], [s for _, s in b], rtol=1e-5)

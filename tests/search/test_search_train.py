@@ -75,3 +75,16 @@ def test_dual_beats_chance_on_tiny_data(tiny_data, tmp_path, search_options):
     m = evaluate_search(loaded.model, SearchData.load(tiny_data), "train")
     assert m["gallery"] == 48
     assert m["top1"] > 0.2 and m["top10"] > 0.6  # chance: 1/48 = 0.02 and 10/48 = 0.21
+
+
+def test_cnn_from_copies_an_image_encoder(search_runs, tiny_run, tiny_data, tmp_path, search_options):
+    gna = SearchTrainer(search_options(tiny_data, tmp_path / "a", model="gna", cnn_from=str(search_runs["dual"]))).model
+    source = load_search_model(search_runs["dual"]).model.encoder.state_dict()
+    mine = gna.encoder.state_dict()
+    assert mine.keys() == source.keys() and all(torch.equal(mine[k], source[k]) for k in mine)
+    from_captioner = SearchTrainer(search_options(tiny_data, tmp_path / "b", model="dual", cnn_from=str(tiny_run))).model
+    caption_state = load_checkpoint(tiny_run / "best.pt")["model"]
+    conv = from_captioner.encoder.backbone.state_dict()
+    assert all(torch.equal(v, caption_state[f"encoder.backbone.{k}"]) for k, v in conv.items())
+    with pytest.raises(ImcapError, match="does not fit --cnn small --cnn-width 8"):
+        SearchTrainer(search_options(tiny_data, tmp_path / "c", model="gna", cnn_width=8, cnn_from=str(search_runs["dual"])))

@@ -136,6 +136,14 @@ def evaluate(refs: Mapping[Hashable, Sequence[str]], preds: Mapping[Hashable, st
     """
     names = metric_names(metrics)
     ids, hyps, ref_lists = _check(refs, preds)
+    meteor: Meteor | None = None
+    skipped: dict[str, str] = {}
+    if "METEOR" in names:
+        try:  # start Java now: it loads while the other metrics run
+            meteor = _meteor(meteor_jar, java)
+        except MetricUnavailable as exc:
+            skipped["METEOR"] = str(exc)
+            _notice("METEOR", str(exc))
     if tokenize:
         tok = _tokenizer if tokenizer is None else tokenizer
         hyps = tok.tokenize_captions(hyps)
@@ -149,7 +157,6 @@ def evaluate(refs: Mapping[Hashable, Sequence[str]], preds: Mapping[Hashable, st
     n_img = len(ids)
     corpus: dict[str, float] = {}
     per_image: dict[str, Sequence[float]] = {}
-    skipped: dict[str, str] = {}
 
     bleu_names = [m for m in names if m.startswith("Bleu_")]
     hyp_words = [h.split(" ") for h in hyps]
@@ -177,9 +184,9 @@ def evaluate(refs: Mapping[Hashable, Sequence[str]], preds: Mapping[Hashable, st
         per_image["ROUGE_L"] = rouge
     gts = {i: ref_lists[j] for j, i in enumerate(ids)}
     res = {i: [hyps[j]] for j, i in enumerate(ids)}
-    if "METEOR" in names:
+    if meteor is not None:
         try:
-            corpus["METEOR"], per_image["METEOR"] = _meteor(meteor_jar, java).compute_score(gts, res)
+            corpus["METEOR"], per_image["METEOR"] = meteor.compute_score(gts, res)
         except MetricUnavailable as exc:
             skipped["METEOR"] = str(exc)
             _notice("METEOR", str(exc))

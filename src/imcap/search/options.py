@@ -35,8 +35,6 @@ class SearchTrainOptions:
     rnn_type: str = _opt("gru", "dual: sentence RNN cell (gna always uses an LSTM)", choices=("gru", "lstm"))
     drop_prob_lm: float = _opt(0.5, "dropout on word embeddings and RNN outputs")
     neg_time: int = _opt(3, "gna: mismatched sentences per matching pair")
-    hard_negatives: int = _opt(0, "gna: how many of the --neg-time mismatched sentences are the batch's best-scoring ones "
-                                  "(0: all drawn at random, as GNA-RNN)")
     batch_size: int = _opt(32, "images per batch")
     max_iters: int = _opt(-1, "stop after this many iterations (-1: no limit)")
     max_epochs: int = _opt(-1, "stop after this many epochs (-1: no limit)")

@@ -93,8 +93,6 @@ class SearchTrainer:
             raise ImcapError(f"--batch-size must be at least 2, got {opts.batch_size}")
         if opts.model == "gna" and opts.neg_time < 1:
             raise ImcapError(f"--neg-time must be at least 1, got {opts.neg_time}")
-        if not 0 <= opts.hard_negatives <= opts.neg_time:
-            raise ImcapError(f"--hard-negatives must be between 0 and --neg-time ({opts.neg_time}), got {opts.hard_negatives}")
         self.data = SearchData.load(opts.data, opts.format or None, opts.image_root or None, opts.max_length, opts.word_count_threshold)
         self.device = pick_device(opts.device)
         torch.manual_seed(opts.seed)
@@ -122,6 +120,8 @@ class SearchTrainer:
         self.train_images = self.data.split_images("train")
         if len(self.train_images) < 2:
             raise ImcapError(f"{opts.data}: the train split needs at least 2 images, has {len(self.train_images)}")
+        if len(np.unique(self.data.identity[self.train_images])) < 2:
+            raise ImcapError(f"{opts.data}: the train split needs images of at least 2 identities")
         self.train_captions = self.data.captions_of_images(self.train_images)
         counts = np.bincount(self.data.caption_image, minlength=len(self.data.images))
         self.caption_start = np.concatenate([[0], np.cumsum(counts)[:-1]])  # captions of an image are contiguous
@@ -148,23 +148,9 @@ class SearchTrainer:
         """One random caption index for each image."""
         return self.caption_start[images] + (rng.random(len(images)) * self.caption_count[images]).astype(np.int64)
 
-    @torch.no_grad()
-    def _hard_negative_captions(self, images: np.ndarray, pixels: torch.Tensor, positives: np.ndarray) -> np.ndarray:
-        """For each image, the `hard_negatives` captions of the batch's other identities that the model scores highest (B, h)."""
-        self.model.eval()
-        tokens = trim(torch.from_numpy(self.data.labels[positives])).to(self.device)  # (B, T)
-        scores = self.model.scores(self.model.text_features(tokens), self.model.image_features(pixels)).T  # (B images, B captions)
-        self.model.train()
-        identity = torch.from_numpy(self.data.identity[images]).to(self.device)
-        scores = scores.masked_fill(identity[:, None] == identity[None, :], float("-inf"))
-        order = scores.argsort(dim=1, descending=True)[:, :self.opts.hard_negatives].cpu().numpy()  # (B, h)
-        picks = positives[order]
-        lone = ~np.isfinite(np.take_along_axis(scores.cpu().numpy(), order, 1))  # fewer other identities than h in the batch
-        return np.where(lone, -1, picks)
-
-    def _negative_captions(self, images: np.ndarray, rng: np.random.Generator, n: int | None = None) -> np.ndarray:
-        """`n` (default `neg_time`) random training captions per image (B, n), each of another identity."""
-        n = self.opts.neg_time if n is None else n
+    def _negative_captions(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`neg_time` random training captions per image (B, neg_time), each of another identity."""
+        n = self.opts.neg_time
         own = np.repeat(self.data.identity[images], n)  # (B*n,)
         picks = self.train_captions[rng.integers(len(self.train_captions), size=len(own))]
         for _ in range(20):
@@ -190,9 +176,6 @@ class SearchTrainer:
             loss, acc = self.model.loss(pixels, tokens, identity)
         else:
             negatives = self._negative_captions(images, rng)  # (B, neg)
-            if opts.hard_negatives:
-                hard = self._hard_negative_captions(images, pixels, positives)  # (B, h), -1 where none
-                negatives[:, :opts.hard_negatives] = np.where(hard >= 0, hard, negatives[:, :opts.hard_negatives])
             captions = np.concatenate([positives, negatives.reshape(-1)])
             tokens = trim(torch.from_numpy(self.data.labels[captions])).to(self.device)  # (B*(1+neg), T)
             b = len(images)
