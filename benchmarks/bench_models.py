@@ -13,8 +13,9 @@ test split with greedy and batched beam-3 decoding. Rows:
 Grounding (attention models): the share of generated words naming one object (its colour or shape) whose
 attention peak lies inside that object's box: the peak of the map smoothed by a Gaussian of one grid cell
 (as the pictures show it), and the raw highest cell. Speed: forward + backward of one training batch per model,
-interleaved in rounds in this process (median, and the ratio to show_tell), then the wall-clock
-iterations per second of the real runs (noisy on a shared machine). Prints a Markdown table.
+interleaved in rounds in this process (median, and the ratio to show_tell on the same task: questions are
+shorter than captions), then the wall-clock seconds of the real runs (noisy on a shared machine). Prints a
+Markdown table and writes OUT/results.json.
 """
 from __future__ import annotations
 
@@ -43,7 +44,6 @@ from imcap.train import train  # noqa: E402
 RUNS = [  # (name, task, model, input side in pixels: 0 is the CNN's own, 64)
     ("show_tell", "captions", "show_tell", 0),
     ("show_attend_tell", "captions", "show_attend_tell", 0),
-    ("show_attend_tell, 128 px input", "captions", "show_attend_tell", 128),
     ("coatt (answer)", "vqa", "coatt", 0),
     ("show_tell (no answer)", "vqa", "show_tell", 0),
     ("show_attend_tell (no answer)", "vqa", "show_attend_tell", 0),
@@ -72,11 +72,11 @@ def options(args, data: Path, run: Path, model: str, image_size: int, max_iters:
     )
 
 
-def batch_seconds(args, dirs: dict[str, Path], rounds: int) -> dict[str, float]:
+def batch_seconds(args, runs: list[tuple], dirs: dict[str, Path], rounds: int) -> dict[str, float]:
     """Median seconds of forward + backward on one training batch per run, interleaved round by round."""
     torch.manual_seed(0)
     jobs = {}
-    for name, task, model, image_size in RUNS:
+    for name, task, model, image_size in runs:
         data = PreproData.load(dirs[task])
         margs = ModelArgs(model=model, image_size=image_size, input_encoding_size=args.size, rnn_size=args.size, drop_prob_lm=0.2, image_input="every", vocab_size=data.vocab.vocab_size)
         if model == "coatt":
@@ -121,14 +121,17 @@ def main() -> None:
     parser.add_argument("--alpha-c", type=float, default=0.0, help="attention regulariser of the attention models")
     parser.add_argument("--rounds", type=int, default=7, help="timing rounds")
     parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--with-128px", action="store_true", help="also show_attend_tell on 128 px input (4x the CNN and attention cost)")
     args = parser.parse_args()
+    runs = RUNS[:2] + [("show_attend_tell, 128 px input", "captions", "show_attend_tell", 128)] + RUNS[2:] if args.with_128px else RUNS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.images} images, {args.iters} iterations of {args.batch_size} images per run")
     dirs = make_data(out, args.images, args.seed)
-    speed = batch_seconds(args, dirs, args.rounds)
+    speed = batch_seconds(args, runs, dirs, args.rounds)
+    baseline = {task: speed[name] for name, task, model, _ in reversed(runs) if model == "show_tell"}  # show_tell on the same task
     rows = []
-    for name, task, model, image_size in RUNS:
+    for name, task, model, image_size in runs:
         run = out / "".join(c if c.isalnum() else "_" for c in name)
         data = PreproData.load(dirs[task])
         t0 = time.time()
@@ -136,7 +139,7 @@ def main() -> None:
             train(options(args, dirs[task], run, model, image_size, args.iters // 2, resume=False))
         train(options(args, dirs[task], run, model, image_size, args.iters, resume=True))  # checkpoint -> resume -> the end
         wall = time.time() - t0
-        row = {"name": name, "task": task, "seconds_per_batch": speed[name], "ratio_to_show_tell": speed[name] / speed["show_tell"], "wall_s": wall, **score(run, data, True)}
+        row = {"name": name, "task": task, "seconds_per_batch": speed[name], "ratio_to_show_tell": speed[name] / baseline[task], "wall_s": wall, **score(run, data, True)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     blind = {task: blind_cider(PreproData.load(d), "test")[1] for task, d in dirs.items()}

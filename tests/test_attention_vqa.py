@@ -76,6 +76,8 @@ def test_prepro_keeps_the_answer_as_condition(both, tmp_path):
     assert data.condition_texts([0, 1], "answer") == [vqa["images"][0]["answer"], vqa["images"][1]["answer"]]
     with pytest.raises(ImcapError, match="no 'colour' field"):
         data.condition_texts([0], "colour")
+    first = vqa["images"][0]
+    assert data.condition_texts([0], "answer, question_kind") == [f"{first['answer']} {first['question_kind']}"]
 
 
 def test_named_object():

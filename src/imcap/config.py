@@ -29,7 +29,7 @@ class TrainOptions:
     rnn_type: str = _opt("lstm", "RNN cell", choices=("lstm", "gru", "rnn"))
     drop_prob_lm: float = _opt(0.5, "dropout in the language model")
     image_input: str = _opt("first", "where the image enters the RNN: first (neuraltalk2, t=0) or every (concatenated to each word)", choices=("first", "every"))
-    condition_field: str = _opt("answer", "coatt: the images.json extra field the decoder is conditioned on (e.g. the answer of `imcap synth --task vqa`)")
+    condition_field: str = _opt("answer", "coatt: the images.json extra field the decoder is conditioned on (e.g. the answer of `imcap synth --task vqa`); several fields joined with commas, e.g. answer,concepts")
     alpha_c: float = _opt(0.0, "show_attend_tell/coatt: weight of the doubly stochastic attention regulariser: (1 - sum_t alpha_tk)^2 averaged over regions k (0: off)")
     scheduled_sampling_start: int = _opt(-1, "iteration at which scheduled sampling starts: model samples replace input words (-1: pure teacher forcing)")
     ss_increase_every: int = _opt(500, "raise the scheduled-sampling probability every this many iterations")

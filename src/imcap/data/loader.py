@@ -67,13 +67,20 @@ class PreproData:
         return np.asarray(self.labels[im["label_start"] : im["label_end"]])
 
     def condition_texts(self, indices: list[int], field: str) -> list[str]:
-        """The extra field `field` of images `indices` as text (a list of words is joined), e.g. VQA answers for coatt."""
+        """The extra field `field` of images `indices` as text, e.g. VQA answers for coatt.
+
+        Lists of words are joined; "answer,concepts" joins several fields (an answer and concept words).
+        """
         out = []
         for i in indices:
-            value = (self.images[i].get("extra") or {}).get(field)
-            if value is None:
-                raise ImcapError(f"{self.root / 'images.json'}: image {self.images[i]['id']!r} has no {field!r} field to condition on (see --condition-field)")
-            out.append(" ".join(map(str, value)) if isinstance(value, list) else str(value))
+            extra = self.images[i].get("extra") or {}
+            parts = []
+            for name in field.split(","):
+                value = extra.get(name.strip())
+                if value is None:
+                    raise ImcapError(f"{self.root / 'images.json'}: image {self.images[i]['id']!r} has no {name.strip()!r} field to condition on (see --condition-field)")
+                parts.append(" ".join(map(str, value)) if isinstance(value, list) else str(value))
+            out.append(" ".join(parts))
         return out
 
 

@@ -199,11 +199,13 @@ def top_k(model: SearchModel, text: Any, blocks: Iterable[torch.Tensor], k: int)
     offset = 0
     for gallery in blocks:
         scores = model.scores(text, gallery).float().cpu()  # (Q, c)
-        rows = torch.arange(offset, offset + len(gallery)).expand(len(scores), -1)
+        values, rows = scores.topk(min(k, scores.size(1)), dim=1)  # the block's own best (Q, <=k)
+        rows += offset
         if best is not None:
-            scores, rows = torch.cat([best, scores], 1), torch.cat([best_rows, rows], 1)
-        best, pick = scores.topk(min(k, scores.size(1)), dim=1)
-        best_rows = rows.gather(1, pick)
+            values, rows = torch.cat([best, values], 1), torch.cat([best_rows, rows], 1)
+            values, pick = values.topk(min(k, values.size(1)), dim=1)
+            rows = rows.gather(1, pick)
+        best, best_rows = values, rows
         offset += len(gallery)
     if best is None:
         raise ImcapError("the index is empty")
