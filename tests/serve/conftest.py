@@ -113,9 +113,9 @@ def attention_model(captioner: Captioner, monkeypatch) -> Captioner:
     """The captioner posing as an attention model: the contract of imcap.serve.app with random 4x4 maps."""
     inner = captioner.caption_tensors
 
-    def with_maps(images: torch.Tensor, opts: DecodeOptions | None = None, attention: bool = False) -> list:
+    def with_maps(images: torch.Tensor, opts: DecodeOptions | None = None, return_attention: bool = False) -> list:
         caps = inner(images, opts)
-        if not attention:
+        if not return_attention:
             return caps
         return [[(c, s, torch.rand(len(c.split()), 4, 4) * 0.3) for c, s in per_image] for per_image in caps]
 

@@ -292,3 +292,21 @@ def _wait_until(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.perf_counter() < deadline, "condition not reached in time"
         time.sleep(0.01)
+
+
+def test_real_attention_model_returns_one_map_per_word(make_client, tiny_data, png, tmp_path):
+    """A real (tiny) show_attend_tell model through the service: per-word maps over the CNN grid."""
+    from imcap_testing import tiny_train_options
+    from imcap.captioner import Captioner
+    from imcap.train import train
+
+    run = train(tiny_train_options(tiny_data, tmp_path / "sat", model="show_attend_tell", max_iters=2, save_checkpoint_every=2))
+    model = Captioner.load(run, "cpu")
+    with make_client(model=model) as client:
+        r = client.post("/v1/caption?attention=true&beam_size=2", files=_files(("a.png", png)))
+    assert r.status_code == 200, r.text
+    cap = r.json()["results"][0]["captions"][0]
+    words = cap["caption"].split()
+    assert cap["attention"]["words"] == words
+    assert len(cap["attention"]["maps"]) == len(words)
+    assert all(max(max(row) for row in m) == pytest.approx(1.0) for m in cap["attention"]["maps"] if m)

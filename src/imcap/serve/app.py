@@ -3,7 +3,7 @@
 Every error is JSON: `{"error": "<code>", "message": "<one line>"}` with its HTTP status.
 
 Attention maps: a model has them when `captioner.model.decoder.has_attention` is true. The service then
-calls `captioner.caption_tensors(images, opts, attention=True)`, which must return, per image, a list of
+calls `captioner.caption_tensors(images, opts, return_attention=True)`, which must return, per image, a list of
 `(caption, logprob, maps)` with `maps` a non-negative tensor (num_words, h, w): one map over the encoder
 grid per word of `caption.split()` (further rows, e.g. for <END>, are dropped). Without attention,
 `?attention=true` is answered with a 422.
@@ -72,7 +72,7 @@ def caption_batch(captioner: Captioner, key: CaptionKey, tensors: list[torch.Ten
     batch = torch.stack(tensors)  # (B, 3, S, S)
     if not key.attention:
         return [[{"caption": c, "score": _score(s)} for c, s in caps] for caps in captioner.caption_tensors(batch, opts)]
-    triples = captioner.caption_tensors(batch, opts, attention=True)
+    triples = captioner.caption_tensors(batch, opts, return_attention=True)
     return [[{"caption": c, "score": _score(s), "attention": _attention_json(c, maps)} for c, s, maps in caps] for caps in triples]
 
 
