@@ -200,3 +200,14 @@ def test_region_features_instead_of_a_cnn(model, tiny_data, vqa_data, tmp_path, 
 
     metrics = run_eval(EvalOptions(model=str(run), split="val", beam_size=2, out=str(tmp_path / "ev"), progress=False))
     assert "CIDEr" in metrics and metrics["images"] == len(data.split_indices("val"))
+
+
+def test_explain_skips_bad_images(capsys, tiny_run, tiny_data, tmp_path):
+    meta = json.loads((tiny_data / "images.json").read_text())
+    good = tmp_path / "good.png"
+    Image.open(f"{meta['image_root']}/{meta['images'][0]['file_path']}").save(good)
+    (tmp_path / "bad.png").write_text("not an image")
+    code, out, err = run_cli(capsys, "explain", "--model", tiny_run, good, tmp_path / "bad.png", "--out", tmp_path / "ex")
+    assert code == 0 and out.count("\t") == 1 and "skipped 1 bad image(s) of 2" in err
+    code, _, err = run_cli(capsys, "explain", "--model", tiny_run, tmp_path / "bad.png", "--out", tmp_path / "ex")
+    assert code == 2 and "no image could be explained" in err and "Traceback" not in err

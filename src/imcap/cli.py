@@ -443,7 +443,12 @@ def _run_explain(args: argparse.Namespace) -> int:
     from imcap.decoding import DecodeOptions
     from imcap.saliency import run_explain
 
-    written = run_explain(args.model, args.paths, args.out, DecodeOptions(beam_size=args.beam_size, max_length=args.max_length), args.condition, args.device)
+    written, skipped = run_explain(args.model, args.paths, args.out, DecodeOptions(beam_size=args.beam_size, max_length=args.max_length), args.condition, args.device)
     for path, caption in written:
         print(f"{path}\t{caption}")
+    if skipped:
+        sys.stderr.write(f"imcap: skipped {len(skipped)} bad image(s) of {len(written) + len(skipped)}\n")
+    if not written:
+        sys.stderr.write("imcap: error: no image could be explained\n")
+        return 2
     return 0

@@ -64,20 +64,28 @@ def saliency_figure(image: Image.Image, words: Sequence[str], maps: torch.Tensor
     return tile_grid(tiles, ["image", *words])
 
 
-def run_explain(model: str, paths: Sequence[str], out_dir: str | Path, opts: DecodeOptions, condition: str | None = None, device: str = "auto") -> list[tuple[Path, str]]:
-    """Write OUT_DIR/<image stem>.png (saliency of every word) for image files/folders/globs; return (png, caption) pairs."""
+def run_explain(model: str, paths: Sequence[str], out_dir: str | Path, opts: DecodeOptions, condition: str | None = None, device: str = "auto") -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
+    """Write OUT_DIR/<image stem>.png (saliency of every word) for image files/folders/globs.
+
+    Returns ([(png, caption)], [(file, problem) for each unreadable image, skipped]).
+    """
     from imcap.data.images import find_images, load_image
 
     captioner = Captioner.load(model, device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[tuple[Path, str]] = []
+    skipped: list[tuple[str, str]] = []
     for file in find_images(list(paths)):
-        image = load_image(file)
+        try:
+            image = load_image(file)
+        except ImcapError as exc:
+            skipped.append((str(file), str(exc)))
+            log.warning("skipped %s", exc)
+            continue
         caption, words, maps = explain(captioner, image, opts, condition)
         name, n = file.stem, 1
         while any(p == out / f"{name}.png" for p, _ in written):  # same file name in different folders
             name, n = f"{file.stem}-{n}", n + 1
         written.append((save_png(saliency_figure(image, words, maps), out / f"{name}.png"), caption))
-        log.info("%s: %s", file, caption)
-    return written
+    return written, skipped

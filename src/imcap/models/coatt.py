@@ -7,11 +7,14 @@ words; embedded and averaged into a (B, E) vector `a`). At every step t:
     z_t   = relu(W_o o_t + W_a a)                            fuse state and condition (project, then add)
     e_tk  = p . (tanh(U v_k) * tanh(W_z z_t))                MLB (low-rank bilinear) scores of the K regions
     alpha = softmax_k(e_t)                                   (B, K), kept in `last_alpha`
-    g_t   = tanh(P (tanh(C sum_k alpha_k v_k) * tanh(W_g z_t)))   a second MLB fusion of context and z_t
-    p(y_t) = softmax(W dropout(g_t))
+    c_t   = sum_k alpha_k v_k                                the attended context
+    g_t   = tanh(P (tanh(C c_t) * tanh(W_g z_t)))            a second MLB fusion of context and z_t
+    p(y_t) = softmax(W dropout(g_t + W_c c_t))               the context also feeds the output directly
 
 h0 = tanh(W a + W' mean_k v_k), c0 = 0. The RNN reads only words, so teacher forcing runs it fused over
 the whole sequence and attends for all steps at once (no (B, T, K, M) tensor: p . (x * y) = (x * p) . y).
+The direct path W_c c_t (a "deep output", as in Show-Attend-Tell) is not in IVQA's decoder: on the synthetic
+VQA task it makes the generated question name the object the answer is about far more often.
 """
 from __future__ import annotations
 
@@ -85,6 +88,7 @@ class CoAttention(nn.Module):
         self.z_a = nn.Linear(e, h, bias=False)
         self.att = MLB(feature_dim, h, h, 1)
         self.fuse = MLB(feature_dim, h, h, h)
+        self.ctx_out = nn.Linear(feature_dim, h, bias=False)
         self.dropout = nn.Dropout(dropout)
         self.logit = nn.Linear(h, vocab_size + 1)
         self.last_alpha: torch.Tensor | None = None
@@ -112,7 +116,7 @@ class CoAttention(nn.Module):
         alpha = scores.softmax(dim=2)
         context = torch.bmm(alpha, v)  # (B, T, C)
         g = torch.tanh(self.fuse(context, z))  # (B, T, H)
-        return self.logit(self.dropout(g)), alpha
+        return self.logit(self.dropout(g + self.ctx_out(context))), alpha
 
     def _split(self, state: State) -> tuple[tuple, torch.Tensor, torch.Tensor, torch.Tensor]:
         n = state_parts(self.rnn_type)
