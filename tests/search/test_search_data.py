@@ -89,6 +89,9 @@ def test_search_data_from_reid_raw_json_shares_identities(tmp_path):
     assert list(data.captions_of_images(np.array([3, 4]))) == [4, 5]
     words = data.vocab.decode(data.labels[0])
     assert words == "a man in a red jacket"
+    renamed = tmp_path / "people.json"
+    renamed.write_text(json.dumps([{k: v for k, v in it.items() if k != "processed_tokens"} for it in PEDES[1:3]]))
+    assert len(SearchData.load(renamed, format="cuhk-pedes", word_count_threshold=0).images) == 2  # no repeated id: forced
     records, root = read_cuhk_pedes(path, image_root=str(tmp_path))
     assert root == str(tmp_path.resolve()) and len(records) == 5
 

@@ -109,7 +109,7 @@ def _remove_orphans(root: Path, manifest: dict | None) -> None:
 
 def _commit(root: Path, manifest: dict, feats: list[np.ndarray], paths: list[str]) -> None:
     """Write one shard (features + paths), then the manifest that lists it."""
-    array = np.concatenate(feats).astype(manifest["dtype"])  # (n, dim)
+    array = np.concatenate(feats)  # (n, dim)
     name = f"shard-{uuid.uuid4().hex[:12]}"
 
     def write_npy(tmp: Path) -> None:
@@ -173,7 +173,7 @@ def build_index(model: str | Path, images: list[str], out: str | Path, batch_siz
             dtype = "float16" if loaded.model.kind == "dual" else "float32"
             manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "model": _model_record(loaded),
                         "dim": int(feats.shape[1]), "dtype": dtype, "count": 0, "shards": []}
-        pending.append(feats)
+        pending.append(feats.astype(manifest["dtype"]))
         pending_paths.extend(names)
         rows = shard_rows or max(1024, SHARD_BYTES // (manifest["dim"] * np.dtype(manifest["dtype"]).itemsize))
         if len(pending_paths) >= rows:
@@ -272,7 +272,10 @@ class SearchIndex:
 
 
 def load_index(path: str | Path, device: str = "cpu", model: str | Path | None = None) -> SearchIndex:
-    """Open the index at `path` and load the model it records (or check that `model` is that model)."""
+    """Open the index at `path` and load the model it records (or check that `model` is that model); device: cpu, cuda, auto."""
+    from imcap.captioner import pick_device
+
+    dev = pick_device(device)
     root = Path(path)
     if not root.exists():
         raise ImcapError(f"{root}: search index not found; build one with `imcap search index --model M --images DIR --out {root}`")
@@ -281,7 +284,7 @@ def load_index(path: str | Path, device: str = "cpu", model: str | Path | None =
     manifest = _read_manifest(root)
     record, dim = manifest["model"], manifest["dim"]
     if model is not None:
-        loaded = load_search_model(model, device)
+        loaded = load_search_model(model, dev)
         _check_same_model(root, manifest, loaded)
     else:
         try:
@@ -289,7 +292,7 @@ def load_index(path: str | Path, device: str = "cpu", model: str | Path | None =
         except ImcapError:
             raise ImcapError(f"{root}: the model this index was built with is gone ({record['path']}); "
                              "restore it or rebuild the index") from None
-        loaded = load_search_model(record["path"], device)
+        loaded = load_search_model(record["path"], dev)
         if loaded.fingerprint != record["fingerprint"]:
             raise ImcapError(f"{root}: {record['path']} has changed since this index was built (another model); rebuild the index")
     if dim != _feature_dim(loaded):
