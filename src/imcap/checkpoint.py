@@ -110,3 +110,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if ckpt.get("version", 0) > VERSION:
         raise ImcapError(f"{path}: checkpoint version {ckpt['version']} is newer than this imcap understands")
     return ckpt
+
+
+def open_run(run: Path, resume: bool) -> dict | None:
+    """The last checkpoint of `run` when resuming (None for a fresh run); refuse to overwrite or resume nothing."""
+    last = Path(run) / LAST
+    if last.exists() and not resume:
+        raise ImcapError(f"{run}: already holds a run; pass --resume to continue it or choose another --checkpoint-path")
+    if not resume:
+        return None
+    if not last.exists():
+        raise ImcapError(f"{last}: nothing to resume (no checkpoint yet)")
+    return load_checkpoint(last)
+
+
+def submodule_state(state: dict, prefix: str) -> dict:
+    """The entries of a state dict under `prefix` (e.g. "encoder.backbone."), with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imcap.checkpoint import atomic_write_json, load_checkpoint
+from imcap.checkpoint import atomic_write_json, load_checkpoint, submodule_state
 from imcap.config import FeatureOptions
 from imcap.data.features import FORMAT
 from imcap.data.loader import CaptionDataset, PreproData, ResumableSampler, make_loader
@@ -27,8 +27,7 @@ def _encoder_from(opts: FeatureOptions) -> tuple[ImageEncoder, dict]:
         if args.cnn == "none":
             raise ImcapError(f"{opts.model}: this model has no CNN (it was trained on region features)")
         encoder = build_encoder(args.cnn, args.input_encoding_size, None, args.cnn_width, args.image_size)
-        prefix = "encoder.backbone."
-        encoder.backbone.load_state_dict({k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)})
+        encoder.backbone.load_state_dict(submodule_state(ckpt["model"], "encoder.backbone."))
         return encoder, {"cnn": args.cnn, "cnn_width": args.cnn_width, "image_size": encoder.input_size, "cnn_weights": "checkpoint", "source_checkpoint": str(Path(opts.model).resolve())}
     weights = None if opts.cnn_weights in ("", "none") else opts.cnn_weights
     encoder = build_encoder(opts.cnn, 8, weights, opts.cnn_width, opts.image_size or None)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from imcap import distributed, speed
 from imcap.captioner import pick_device
-from imcap.checkpoint import BEST, LAST, atomic_write, atomic_write_json, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from imcap.checkpoint import BEST, LAST, atomic_write, atomic_write_json, load_checkpoint, open_run, rng_state, save_checkpoint, set_rng_state, submodule_state
 from imcap.config import TrainOptions
 from imcap.data.features import FeatureStore
 from imcap.data.loader import CaptionDataset, PreproData, ResumableSampler, make_loader
@@ -79,9 +79,7 @@ def _args_for_features(args: ModelArgs, store: FeatureStore, data: PreproData) -
 
 def _load_backbone(model, checkpoint: str) -> None:
     """Copy the CNN backbone of `checkpoint` (the one that extracted the features) into `model`."""
-    state = load_checkpoint(checkpoint)["model"]
-    prefix = "encoder.backbone."
-    model.encoder.backbone.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    model.encoder.backbone.load_state_dict(submodule_state(load_checkpoint(checkpoint)["model"], "encoder.backbone."))
 
 
 class Trainer:
@@ -89,13 +87,8 @@ class Trainer:
 
     def __init__(self, opts: TrainOptions) -> None:
         self.run = Path(opts.checkpoint_path)
-        ckpt = None
-        if (self.run / LAST).exists() and not opts.resume:
-            raise ImcapError(f"{self.run}: already holds a run; pass --resume to continue it or choose another --checkpoint-path")
-        if opts.resume:
-            if not (self.run / LAST).exists():
-                raise ImcapError(f"{self.run / LAST}: nothing to resume (no checkpoint yet)")
-            ckpt = load_checkpoint(self.run / LAST)
+        ckpt = open_run(self.run, opts.resume)
+        if ckpt is not None:
             saved = {k: v for k, v in ckpt["options"].items() if k in {f.name for f in fields(TrainOptions)}}
             opts = TrainOptions(**{**saved, **{k: getattr(opts, k) for k in RESUME_OVERRIDES}})
         self.opts = opts

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imcap.checkpoint import BEST, LAST, atomic_write_json, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from imcap.checkpoint import BEST, LAST, atomic_write_json, load_checkpoint, open_run, rng_state, save_checkpoint, set_rng_state
 from imcap.data.loader import ResumableSampler
 from imcap.errors import ImcapError
 from imcap.search.data import ImageCache, SearchData, trim
@@ -72,13 +72,8 @@ class SearchTrainer:
         from imcap.captioner import pick_device
 
         self.run = Path(opts.checkpoint_path)
-        ckpt = None
-        if (self.run / LAST).exists() and not opts.resume:
-            raise ImcapError(f"{self.run}: already holds a run; pass --resume to continue it or choose another --checkpoint-path")
-        if opts.resume:
-            if not (self.run / LAST).exists():
-                raise ImcapError(f"{self.run / LAST}: nothing to resume (no checkpoint yet)")
-            ckpt = load_checkpoint(self.run / LAST)
+        ckpt = open_run(self.run, opts.resume)
+        if ckpt is not None:
             if ckpt.get("kind") != "search":
                 raise ImcapError(f"{self.run / LAST}: not a search run")
             names = {f.name for f in fields(SearchTrainOptions)}
