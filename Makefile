@@ -23,6 +23,8 @@ demo: $(VENV)/.installed
 	$(BIN)/imcap demo --out $(DEMO_DIR)
 
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/python tools/gen_option_docs.py --check
 	$(BIN)/python -m pytest -q
 
 clean-demo:

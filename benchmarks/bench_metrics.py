@@ -1,31 +1,39 @@
-"""imcap.metrics vs pycocoevalcap 1.2, timed in the same process, on Flickr8k leave-one-out.
+"""imcap.metrics vs pycocoevalcap 1.2, timed in one process on Flickr8k leave-one-out.
 
-5,000 images x (4 references + caption #0 as the prediction): tokenize + BLEU + ROUGE-L + CIDEr,
-stage by stage and end to end; METEOR on --meteor-images images (both including their Java start-up);
-and CIDEr-D rewards for a self-critical batch (50 images x 5 samples) against Flickr8k train references.
+The job: 5,000 images x (4 references + caption #0 as the prediction): PTB tokenize + BLEU-1..4 +
+ROUGE-L + CIDEr. Each round runs both libraries back to back, the one going first alternating, so that
+the load of a shared machine falls on both alike; the script prints the best and the median over the
+rounds for each side and their ratios, with the split by stage: pycocoevalcap's pipeline stage by
+stage, and imcap's drop-in classes stage by stage (each encodes the captions again) besides its one
+call, `evaluate()`. Every round checks that both give the same numbers, corpus and per image (1e-9).
+METEOR (--meteor-images, 0 skips it) is timed as before: cold Java starts, then both wrappers taking
+turns on one running process. The CIDEr-D rewards of SCST have their own script, bench_cider_reward.py.
 
-    .venv/bin/python benchmarks/bench_metrics.py [--images 5000] [--meteor-images 1000] [--meteor-rounds 2]
-        [--meteor-warm 5] [--repeat 3] [--rounds 3]
+    .venv/bin/python benchmarks/bench_metrics.py [--images 5000] [--rounds 7] [--meteor-images 1000]
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import io
-import random
+import os
 import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 FLICKR8K = ROOT / ".." / "shared" / "data" / "flickr8k"
+TOL = 1e-9
+STAGES = ("PTB tokenize", "BLEU-1..4", "ROUGE-L", "CIDEr")
 
 
 def load_flickr8k() -> dict[str, list[str]]:
+    """{image: [5 captions]} from Flickr8k.token.txt (one stray id ends in '.1')."""
     refs: dict[str, list[str]] = {}
     for line in (FLICKR8K / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines():
         if line.strip():
@@ -46,144 +54,186 @@ class _Detached:
         pass
 
 
-def timed(fn, repeat: int = 1) -> tuple[float, object]:
-    """Best wall time of `repeat` runs, and the last result."""
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+@contextlib.contextmanager
+def java_stderr_silenced():
+    """Send the Java tokenizer's "tokenized N tokens" lines (on the inherited stderr) to /dev/null."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=5000)
-    parser.add_argument("--meteor-images", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating end-to-end runs per library")
-    parser.add_argument("--meteor-rounds", type=int, default=2, help="cold METEOR starts per wrapper")
-    parser.add_argument("--meteor-warm", type=int, default=5, help="warm METEOR calls per wrapper")
-    parser.add_argument("--repeat", type=int, default=3, help="imcap timings: best of this many runs")
-    args = parser.parse_args()
-    if not (FLICKR8K / "Flickr8k.token.txt").is_file():
-        sys.exit(f"Flickr8k captions not found under {FLICKR8K}")
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    """Wall time of one call, and its result."""
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
 
-    from pycocoevalcap.bleu.bleu import Bleu as PBleu
-    from pycocoevalcap.cider.cider import Cider as PCider
-    from pycocoevalcap.meteor.meteor import Meteor as PMeteor
-    from pycocoevalcap.rouge.rouge import Rouge as PRouge
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer as PTok
 
-    from imcap.metrics import Bleu, Cider, CiderDReward, Meteor, PTBTokenizer, Rouge, evaluate
+def assert_close(ours: object, theirs: object, what: str) -> None:
+    diff = float(np.max(np.abs(np.asarray(ours, float) - np.asarray(theirs, float))))
+    assert diff <= TOL, f"{what}: imcap and pycocoevalcap differ by {diff}"
 
-    data = load_flickr8k()
-    ids = list(data)[: args.images]
+
+def pycoco_stages(gts_raw: dict, res_raw: dict) -> tuple[list[float], dict]:
+    """pycocoevalcap's pipeline (as COCOEvalCap runs it), stage by stage: times and results."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    with contextlib.redirect_stdout(io.StringIO()), java_stderr_silenced():  # it prints progress lines
+        tokenizer = PTBTokenizer()
+        t_tok, (gts, res) = timed(lambda: (tokenizer.tokenize(gts_raw), tokenizer.tokenize(res_raw)))
+        t_bleu, bleu = timed(lambda: Bleu(4).compute_score(gts, res, verbose=0))
+        t_rouge, rouge = timed(lambda: Rouge().compute_score(gts, res))
+        t_cider, cider = timed(lambda: Cider().compute_score(gts, res))
+    return [t_tok, t_bleu, t_rouge, t_cider], {"gts": gts, "res": res, "Bleu": bleu, "ROUGE_L": rouge, "CIDEr": cider}
+
+
+def imcap_stages(gts_raw: dict, res_raw: dict) -> tuple[list[float], dict]:
+    """imcap's drop-in classes, stage by stage (each metric encodes the tokenized captions itself)."""
+    from imcap.metrics import Bleu, Cider, PTBTokenizer, Rouge
+
+    tokenizer = PTBTokenizer()
+    t_tok, (gts, res) = timed(lambda: (tokenizer.tokenize(gts_raw), tokenizer.tokenize(res_raw)))
+    t_bleu, bleu = timed(lambda: Bleu(4).compute_score(gts, res))
+    t_rouge, rouge = timed(lambda: Rouge().compute_score(gts, res))
+    t_cider, cider = timed(lambda: Cider().compute_score(gts, res))
+    return [t_tok, t_bleu, t_rouge, t_cider], {"gts": gts, "res": res, "Bleu": bleu, "ROUGE_L": rouge, "CIDEr": cider}
+
+
+def check_same(ids: list[str], theirs: dict, stages: dict, result) -> None:
+    """imcap's tokens and scores (drop-in classes and evaluate()) equal pycocoevalcap's."""
+    assert stages["gts"] == theirs["gts"] and stages["res"] == theirs["res"], "tokenizations differ"
+    for name in ("Bleu", "ROUGE_L", "CIDEr"):
+        assert_close(stages[name][0], theirs[name][0], f"corpus {name}")
+        assert_close(stages[name][1], theirs[name][1], f"per-image {name}")
+    for k in range(4):
+        assert_close(result.corpus[f"Bleu_{k + 1}"], theirs["Bleu"][0][k], f"evaluate() Bleu_{k + 1}")
+        assert_close([result.per_image[i][f"Bleu_{k + 1}"] for i in ids], theirs["Bleu"][1][k], "evaluate() BLEU")
+    for name in ("ROUGE_L", "CIDEr"):
+        assert_close(result.corpus[name], theirs[name][0], f"evaluate() {name}")
+        assert_close([result.per_image[i][name] for i in ids], theirs[name][1], f"evaluate() per-image {name}")
+
+
+def best_median(values: list[float]) -> str:
+    return f"{min(values):7.3f} / {statistics.median(values):7.3f}"
+
+
+def bench_core(data: dict[str, list[str]], n_images: int, rounds: int) -> None:
+    from imcap.metrics import PTBTokenizer, evaluate
+
+    ids = list(data)[:n_images]
     refs = {i: data[i][1:] for i in ids}
     preds = {i: data[i][0] for i in ids}
     gts_raw = {i: [{"caption": c} for c in refs[i]] for i in ids}
     res_raw = {i: [{"caption": preds[i]}] for i in ids}
-    print(f"{len(ids)} Flickr8k images x (4 refs + 1 pred); per stage: pycocoevalcap once, imcap best of "
-          f"{args.repeat} (a fresh tokenizer each time)")
 
-    rows = []
-    quiet = contextlib.redirect_stdout(io.StringIO())  # pycocoevalcap prints progress lines
-    with quiet:
-        t_ptok, (gts, res) = timed(lambda: (PTok().tokenize(gts_raw), PTok().tokenize(res_raw)))
-    t_itok, (igts, ires) = timed(lambda: (PTBTokenizer().tokenize(gts_raw), PTBTokenizer().tokenize(res_raw)),
-                                 args.repeat)
-    assert igts == gts and ires == res, "tokenizations differ"
-    rows.append(("PTB tokenize", t_ptok, t_itok))
-    with quiet:
-        t_pb, pb = timed(lambda: PBleu(4).compute_score(gts, res, verbose=0))
-    t_ib, ib = timed(lambda: Bleu(4).compute_score(gts, res), args.repeat)
-    rows.append(("BLEU-1..4", t_pb, t_ib))
-    t_pr, pr = timed(lambda: PRouge().compute_score(gts, res))
-    t_ir, ir = timed(lambda: Rouge().compute_score(gts, res), args.repeat)
-    rows.append(("ROUGE-L", t_pr, t_ir))
-    t_pc, pc = timed(lambda: PCider().compute_score(gts, res))
-    t_ic, ic = timed(lambda: Cider().compute_score(gts, res), args.repeat)
-    rows.append(("CIDEr", t_pc, t_ic))
-    def pycoco_pipeline() -> None:
-        with contextlib.redirect_stdout(io.StringIO()):
-            tok = PTok()
-            g, r = tok.tokenize(gts_raw), tok.tokenize(res_raw)
-            PBleu(4).compute_score(g, r, verbose=0)
-            PRouge().compute_score(g, r)
-            PCider().compute_score(g, r)
-
-    def imcap_pipeline():
+    def imcap_end_to_end():
         return evaluate(refs, preds, ["Bleu", "ROUGE_L", "CIDEr"], tokenizer=PTBTokenizer())
 
-    # End to end, the two pipelines alternate (the machine's load drifts); best of `rounds` each.
-    t_pipe_p, t_pipe_i = float("inf"), float("inf")
-    for _ in range(args.rounds):
-        t_pipe_p = min(t_pipe_p, timed(pycoco_pipeline)[0])
-        t, result = timed(imcap_pipeline)
-        t_pipe_i = min(t_pipe_i, t)
-    rows.append((f"all four, end to end (best of {args.rounds})", t_pipe_p, t_pipe_i))
-    for name, ours, theirs in (("Bleu_4", result.corpus["Bleu_4"], pb[0][3]),
-                               ("ROUGE_L", result.corpus["ROUGE_L"], pr[0]), ("CIDEr", result.corpus["CIDEr"], pc[0])):
-        assert abs(ours - theirs) <= 1e-9, (name, ours, theirs)
-    assert np.max(np.abs(np.array(ib[1]) - np.array(pb[1]))) <= 1e-9
-    assert np.max(np.abs(ir[1] - pr[1])) <= 1e-9 and np.max(np.abs(ic[1] - pc[1])) <= 1e-9
+    print(f"{len(ids)} Flickr8k images x (4 refs + caption #0 as the prediction): tokenize + BLEU + ROUGE-L + "
+          f"CIDEr; {rounds} interleaved rounds (a fresh tokenizer each time)")
+    pycoco: list[list[float]] = []
+    ours: list[list[float]] = []
+    end_to_end: list[float] = []
+    for rnd in range(rounds):
+        jobs = ["pycoco", "evaluate", "stages"]
+        for job in jobs if rnd % 2 == 0 else jobs[::-1]:
+            if job == "pycoco":
+                times, theirs = pycoco_stages(gts_raw, res_raw)
+                pycoco.append(times)
+            elif job == "evaluate":
+                t, result = timed(imcap_end_to_end)
+                end_to_end.append(t)
+            else:
+                times, stages = imcap_stages(gts_raw, res_raw)
+                ours.append(times)
+        check_same(ids, theirs, stages, result)
+        print(f"  round {rnd + 1}: pycocoevalcap {sum(pycoco[-1]):.3f} s, imcap evaluate() {end_to_end[-1]:.3f} s "
+              f"({sum(pycoco[-1]) / end_to_end[-1]:.1f}x); same numbers (<= {TOL:g})")
 
-    print(f"\n{'stage':<36} {'pycocoevalcap':>14} {'imcap':>9} {'speed-up':>9}")
-    for name, p, i in rows:
-        print(f"{name:<36} {p:>13.3f}s {i:>8.3f}s {p / i:>8.1f}x")
+    print(f"\nseconds, best / median of {rounds}      {'pycocoevalcap':>17} {'imcap':>17}   speed-up (medians)")
+    for s, name in enumerate(STAGES):
+        p, i = [r[s] for r in pycoco], [r[s] for r in ours]
+        print(f"  {name:<34} {best_median(p)} {best_median(i)}   {statistics.median(p) / statistics.median(i):6.1f}x")
+    p_total = [sum(r) for r in pycoco]
+    i_total = [sum(r) for r in ours]
+    print(f"  {'sum of the stages':<34} {best_median(p_total)} {best_median(i_total)}   "
+          f"{statistics.median(p_total) / statistics.median(i_total):6.1f}x")
+    print(f"  {'imcap evaluate(), one call':<34} {'':>17} {best_median(end_to_end)}")
+    per_round = [p / i for p, i in zip(p_total, end_to_end)]
+    print(f"\nend to end (pycocoevalcap's pipeline vs imcap's evaluate()): median {statistics.median(p_total):.3f} s vs "
+          f"{statistics.median(end_to_end):.3f} s = {statistics.median(p_total) / statistics.median(end_to_end):.1f}x; "
+          f"best {min(p_total):.3f} s vs {min(end_to_end):.3f} s = {min(p_total) / min(end_to_end):.1f}x; "
+          f"per round {min(per_round):.1f}x-{max(per_round):.1f}x")
 
-    m_ids = ids[: args.meteor_images]
-    m_gts = {i: gts[i] for i in m_ids}
-    m_res = {i: res[i] for i in m_ids}
-    print(f"\nMETEOR on {len(m_ids)} images")
+
+def bench_meteor(data: dict[str, list[str]], n_images: int, rounds: int, warm_calls: int) -> None:
+    from pycocoevalcap.meteor.meteor import Meteor as PMeteor
+
+    from imcap.metrics import Meteor, PTBTokenizer
+
+    ids = list(data)[:n_images]
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({i: data[i][1:] for i in ids})
+    res = tokenizer.tokenize({i: [data[i][0]] for i in ids})
+    print(f"\nMETEOR on {len(ids)} images")
     # Cold: each wrapper starts its Java process (the same command) and scores once.
     cold: dict[str, float] = {"pycocoevalcap": float("inf"), "imcap": float("inf")}
     values = {}
-    for rnd in range(args.meteor_rounds):
+    for rnd in range(rounds):
         order = [("pycocoevalcap", PMeteor), ("imcap", Meteor)]
         for label, make in order if rnd % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             scorer = make()
-            values[label] = scorer.compute_score(m_gts, m_res)
+            values[label] = scorer.compute_score(gts, res)
             cold[label] = min(cold[label], time.perf_counter() - start)
             if label == "imcap":
                 scorer.close()
             del scorer
     assert values["imcap"] == (values["pycocoevalcap"][0], list(values["pycocoevalcap"][1]))
-    print(f"  cold (start Java + score), best of {args.meteor_rounds}: pycocoevalcap {cold['pycocoevalcap']:.2f}s, "
+    print(f"  cold (start Java + score), best of {rounds}: pycocoevalcap {cold['pycocoevalcap']:.2f}s, "
           f"imcap {cold['imcap']:.2f}s (ratio {cold['imcap'] / cold['pycocoevalcap']:.2f})")
     # Warm: both wrappers take turns on one running Java process, so only the wrappers differ.
     ours = Meteor()
     theirs = object.__new__(PMeteor)
     theirs.meteor_p, theirs.lock = ours._proc, threading.Lock()
-    ours.compute_score(m_gts, m_res)
+    ours.compute_score(gts, res)
     warm: dict[str, list[float]] = {"pycocoevalcap": [], "imcap": []}
-    for _ in range(args.meteor_warm):
+    for _ in range(warm_calls):
         for label, scorer in (("pycocoevalcap", theirs), ("imcap", ours)):
-            warm[label].append(timed(lambda: scorer.compute_score(m_gts, m_res))[0])
+            warm[label].append(timed(lambda: scorer.compute_score(gts, res))[0])
     theirs.meteor_p = _Detached()
     ours.close()
     med = {k: statistics.median(v) for k, v in warm.items()}
-    print(f"  warm (same Java process), median of {args.meteor_warm}: pycocoevalcap {med['pycocoevalcap']:.3f}s, "
+    print(f"  warm (same Java process), median of {warm_calls}: pycocoevalcap {med['pycocoevalcap']:.3f}s, "
           f"imcap {med['imcap']:.3f}s (ratio {med['imcap'] / med['pycocoevalcap']:.2f}); METEOR "
           f"{values['imcap'][0]:.6f} from both")
 
-    train_ids = [i for i in data if i not in set(ids[:50])]
-    start = time.perf_counter()
-    reward = CiderDReward({i: data[i] for i in train_ids})
-    built = time.perf_counter() - start
-    rng = random.Random(0)
-    batch = rng.sample(train_ids, 50)
-    image_ids = [i for i in batch for _ in range(5)]
-    samples = [data[rng.choice(train_ids)][0].lower().rstrip(" .").split() for _ in image_ids]
-    reward.score(image_ids, samples)
-    per_call = []
-    for _ in range(50):
-        start = time.perf_counter()
-        reward.score(image_ids, samples)
-        per_call.append(time.perf_counter() - start)
-    print(f"\nCiderDReward over {len(train_ids)} images ({sum(len(data[i]) for i in train_ids)} references): "
-          f"built in {built:.2f}s; 50 images x 5 samples: median {1000 * statistics.median(per_call):.2f} ms, "
-          f"min {1000 * min(per_call):.2f} ms per batch")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per library (at least 5)")
+    parser.add_argument("--meteor-images", type=int, default=1000, help="0 skips METEOR")
+    parser.add_argument("--meteor-rounds", type=int, default=2, help="cold METEOR starts per wrapper")
+    parser.add_argument("--meteor-warm", type=int, default=5, help="warm METEOR calls per wrapper")
+    args = parser.parse_args()
+    if args.rounds < 5:
+        parser.error("--rounds must be >= 5")
+    if not (FLICKR8K / "Flickr8k.token.txt").is_file():
+        sys.exit(f"Flickr8k captions not found under {FLICKR8K}")
+    data = load_flickr8k()
+    bench_core(data, args.images, args.rounds)
+    if args.meteor_images > 0:
+        bench_meteor(data, args.meteor_images, args.meteor_rounds, args.meteor_warm)
 
 
 if __name__ == "__main__":

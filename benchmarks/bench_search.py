@@ -1,8 +1,9 @@
 """Search speed claims, measured in one process and printed as ratios against naive loops.
 
 1. dual: queries per second over a random gallery of 100k unit-length embeddings (one matrix product and a
-   top-k per block, the code `SearchIndex.search` runs) vs a Python loop of one dot product per gallery image.
-   Measured for single queries and for a batch of queries.
+   top-k per block: `imcap.search.index.top_k`, the dual index's query path before FAISS, still gna's) vs a Python
+   loop of one dot product per gallery image. Measured for single queries and for a batch of queries.
+   benchmarks/bench_index.py measures the FAISS index kinds against it.
 2. gna: pairwise affinity throughput (sentence, image pairs per second) of the batched gallery scoring
    (`GNA.scores`: one LSTM over all pairs, input halves precomputed) vs a Python loop over the pairs.
 

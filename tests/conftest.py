@@ -10,7 +10,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small NumPy matrices: BLAS
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
+import torch  # noqa: E402, F401  (loaded once, after the environment above)
 from imcap_testing import tiny_train_options  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,3 +36,13 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
     return train(tiny_train_options(tiny_data, run))
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A folder on a 3 MB file system (a tmpfs as root, else simulated); yields (folder, "tmpfs" | "simulated")."""
+    from imcap_testing import small_filesystem
+
+    folder = tmp_path / "disk"
+    with small_filesystem(folder, size_mb=3) as kind:
+        yield folder, kind

@@ -16,7 +16,7 @@ def run(capsys, *argv):
 
 
 def one_line_error(err: str) -> str:
-    lines = [l for l in err.strip().splitlines() if l.startswith("imcap: error:")]
+    lines = [line for line in err.strip().splitlines() if line.startswith("imcap: error:")]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 

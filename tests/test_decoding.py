@@ -59,7 +59,7 @@ def test_beam_scores_are_true_sequence_logprobs(decoder):
         for t in seqs[i, 0].tolist():
             if t == NULL:
                 break
-            lp, state = decoder.step(tok, state)
+            lp, state, _ = decoder.step(tok, state)
             total += float(lp[0, t])
             tok = torch.tensor([t])
         assert abs(total - float(scores[i, 0])) < 1e-4

@@ -12,7 +12,7 @@ from imcap.errors import ImcapError
 from imcap.metrics.bleu import Bleu
 from imcap.metrics.cider import CiderDReward
 from imcap.models import ShowTell
-from imcap.scst import CaptionReward, SCSTOptions, SelfCritical, mean_of_others, policy_loss, sample_with_entropy
+from imcap.scst import CaptionReward, SCSTLearningRate, SCSTOptions, SelfCritical, mean_of_others, policy_loss, sample_with_entropy
 from imcap.train import Trainer, train
 
 
@@ -43,7 +43,7 @@ def test_sampled_entropy_is_the_entropy_of_each_step_distribution():
     torch.manual_seed(0)
     dec = ShowTell(20, 8, 8, image_input="every").eval()
     feats = torch.randn(3, 8)
-    lp, _ = dec.step(torch.ones(3, dtype=torch.long), dec.init_state(feats))  # the first step after <START>
+    lp, _, _ = dec.step(torch.ones(3, dtype=torch.long), dec.init_state(feats))  # the first step after <START>
     allowed = lp[:, 2:].log_softmax(dim=1)  # <NULL> and <START> are never sampled
     expected = -(allowed.exp() * allowed).sum(dim=1)
     out = sample_with_entropy(dec, feats, max_length=5, with_entropy=True)
@@ -98,7 +98,8 @@ def test_scst_run_logs_rewards_and_keeps_the_xe_model(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("baseline", ["greedy", "mean"])
 def test_resume_in_the_middle_of_scst_is_exact(tiny_data, tmp_path, baseline):
-    kw = dict(self_critical_after=1, sc_baseline=baseline, sc_sample_n=2, save_checkpoint_every=3, sc_entropy_weight=0.01)
+    kw = dict(self_critical_after=1, sc_baseline=baseline, sc_sample_n=2, save_checkpoint_every=3, sc_entropy_weight=0.01,
+              sc_learning_rate=1e-3, sc_guard_window=1, sc_guard_patience=1)  # the safeguard acts within these few steps
     train(tiny_train_options(tiny_data, tmp_path / "full", max_iters=5, **kw))
     train(tiny_train_options(tiny_data, tmp_path / "split", max_iters=3, **kw))
     train(tiny_train_options(tiny_data, tmp_path / "split", max_iters=5, resume=True, **kw))
@@ -108,7 +109,7 @@ def test_resume_in_the_middle_of_scst_is_exact(tiny_data, tmp_path, baseline):
 
 
 def test_scst_steps_raise_the_reward_on_a_fixed_batch(tiny_data, tmp_path):
-    trainer = Trainer(tiny_train_options(tiny_data, tmp_path / "opt", self_critical_after=0, sc_sample_n=4, sc_baseline="mean", learning_rate=2e-2, grad_clip=1.0, drop_prob_lm=0.0))
+    trainer = Trainer(tiny_train_options(tiny_data, tmp_path / "opt", self_critical_after=0, sc_sample_n=4, sc_baseline="mean", sc_learning_rate=2e-2, sc_guard_window=0, grad_clip=1.0, drop_prob_lm=0.0))
     data = trainer.data
     idx = torch.tensor(data.split_indices("train")[:4])
     labels = torch.stack([torch.from_numpy(data.captions_of(int(i))[:2].astype(np.int64)) for i in idx])
@@ -132,10 +133,51 @@ def vqa_data(tmp_path_factory):
     return root / "data"
 
 
-@pytest.mark.parametrize("model", ["show_attend_tell", "coatt"])
-def test_scst_trains_every_decoder(model, tiny_data, vqa_data, tmp_path):
-    data = vqa_data if model == "coatt" else tiny_data
-    run = train(tiny_train_options(data, tmp_path / model, model=model, max_iters=3, save_checkpoint_every=3, self_critical_after=1, losses_log_every=1))
+@pytest.mark.parametrize("model,baseline", [("show_attend_tell", "greedy"), ("coatt", "greedy"), ("updown", "greedy"), ("updown", "mean"), ("transformer", "greedy"), ("transformer", "mean")])
+def test_scst_trains_every_decoder(model, baseline, tiny_data, tmp_path, request):
+    data = request.getfixturevalue("vqa_data") if model == "coatt" else tiny_data
+    sizes = dict(d_model=16, num_heads=2, ff_size=32) if model == "transformer" else {}
+    run = train(tiny_train_options(data, tmp_path / model, model=model, max_iters=3, save_checkpoint_every=3, self_critical_after=1, losses_log_every=1,
+                                   sc_baseline=baseline, sc_sample_n=2, **sizes))
     logged = load_checkpoint(run / "last.pt")["history"]["train_loss"]
     assert [("reward" in e) for e in logged] == [False, True, True]
     assert all(np.isfinite(e["loss"]) for e in logged)
+
+
+def test_scst_rate_is_halved_when_the_baseline_reward_falls_steadily():
+    guard = SCSTLearningRate(1e-4, window=2, patience=2)
+    rewards = [1.0, 1.0, 0.9, 0.9, 0.8, 0.8, 0.7, 0.7, 0.7, 0.7, 0.6, 0.6, 0.5, 0.5]
+    rates = [guard.step(i, r) for i, r in enumerate(rewards)]
+    # Block averages 1.0, 0.9, 0.8: two falls in a row at iteration 5 -> halved; 0.7 (fall 1), 0.7 (no fall),
+    # 0.6 (fall 1), 0.5 (fall 2) at iteration 13 -> halved again.
+    assert rates[:5] == [1e-4] * 5 and rates[5:13] == [5e-5] * 8 and rates[13] == 2.5e-5
+    assert guard.lowered == [5, 13]
+    assert guard.step(13, 0.0) == 2.5e-5 and guard.block == []  # an iteration is recorded once
+    rising = SCSTLearningRate(1e-4, window=3, patience=1)
+    assert {rising.step(i, 0.01 * i) for i in range(30)} == {1e-4}
+    off = SCSTLearningRate(1e-4, window=0, patience=1)
+    assert {off.step(i, -i) for i in range(30)} == {1e-4}
+
+
+def test_scst_rate_state_round_trips():
+    a = SCSTLearningRate(1e-4, window=2, patience=1)
+    for i, r in enumerate([1.0, 1.0, 0.5]):
+        a.step(i, r)
+    b = SCSTLearningRate(1e-4, window=2, patience=1)
+    b.load_state_dict(a.state_dict())
+    assert [a.step(3, 0.5), a.step(4, 0.1)] == [b.step(3, 0.5), b.step(4, 0.1)] == [5e-5, 5e-5]
+
+
+def test_scst_steps_use_the_sc_learning_rate_also_mid_run(tiny_data, tmp_path):
+    trainer = Trainer(tiny_train_options(tiny_data, tmp_path / "lr", self_critical_after=2, sc_sample_n=2, learning_rate=1e-3, sc_learning_rate=3e-5))
+    data = trainer.data
+    idx = torch.tensor(data.split_indices("train")[:2])
+    labels = torch.stack([torch.from_numpy(data.captions_of(int(i))[:2].astype(np.int64)) for i in idx])
+    rates, cnn_rates = [], []
+    for _ in range(4):
+        trainer.train_step(torch.rand(2, 3, 64, 64), labels, idx)
+        trainer.iteration += 1
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        cnn_rates.append(trainer.cnn_optimizer.param_groups[0]["lr"])
+    assert rates == [1e-3, 1e-3, 3e-5, 3e-5]
+    assert cnn_rates == rates  # the small CNN trains from scratch: it follows the language model's rate

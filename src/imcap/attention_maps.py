@@ -7,8 +7,6 @@ reuses `tile_grid` for gradient saliency maps.
 """
 from __future__ import annotations
 
-import base64
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from imcap.checkpoint import atomic_write
+from imcap.files import atomic_write, png_data_uri
 
 TILE = 128
 SMOOTHING = 1.0  # Gaussian sigma, in grid cells, of the pictures and of the peak (the paper upsamples and blurs too)
@@ -174,13 +172,6 @@ def save_png(picture: Image.Image, path: str | Path) -> Path:
     """Write a picture as PNG atomically; return the path."""
     atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
     return Path(path)
-
-
-def png_data_uri(picture: Image.Image) -> str:
-    """A picture as a PNG data URI for self-contained HTML."""
-    buf = io.BytesIO()
-    picture.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def write_attention_maps(results: Sequence[dict], out_dir: str | Path, geometry: GridGeometry | None = None) -> list[Path]:

@@ -14,21 +14,14 @@ from imcap.checkpoint import load_checkpoint
 from imcap.data.images import image_to_tensor, load_image
 from imcap.data.vocab import NULL, Vocab
 from imcap.decoding import DecodeOptions, decode
+from imcap.devices import pick_device
 from imcap.errors import ImcapError
+from imcap.export.folder import is_export_folder, read_export
 from imcap.models.caption_model import CaptionModel, build_model, model_args_from_dict
 
 log = logging.getLogger(__name__)
 
 ImageLike = str | Path | Image.Image | torch.Tensor
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ImcapError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
 
 
 class Captioner:
@@ -43,7 +36,10 @@ class Captioner:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> Captioner:
-        """Load a checkpoint file, or the best checkpoint of a run directory."""
+        """Load a checkpoint file, the best checkpoint of a run directory, or a folder written by `imcap export`."""
+        if is_export_folder(path):
+            model, vocab, info = read_export(path)
+            return cls(model, vocab, pick_device(device), info)
         ckpt = load_checkpoint(path)
         try:
             args = model_args_from_dict(ckpt["model_args"])
@@ -52,7 +48,7 @@ class Captioner:
             vocab = Vocab.from_dict(ckpt["vocab"])
         except (KeyError, RuntimeError, TypeError) as exc:
             raise ImcapError(f"{path}: checkpoint does not match this imcap's models ({str(exc).splitlines()[0][:120]})") from None
-        info = {k: ckpt.get(k) for k in ("iteration", "epoch", "best_score", "best_iteration", "options")}
+        info = {k: ckpt.get(k) for k in ("iteration", "epoch", "best_score", "best_iteration", "options", "data_fingerprint")}
         info["metrics"] = (ckpt.get("history") or {}).get("best_metrics")
         return cls(model, vocab, pick_device(device), info)
 
@@ -84,7 +80,7 @@ class Captioner:
     @property
     def has_attention(self) -> bool:
         """Whether the decoder attends over image regions (`caption_tensors(..., return_attention=True)` works)."""
-        return getattr(self.model.decoder, "has_attention", False)
+        return self.model.decoder.has_attention
 
     def condition_ids(self, condition: str | Sequence[str] | None, batch: int) -> torch.Tensor | None:
         """Condition ids (B, Lc) for a conditioned model (one text for all images, or one per image)."""
@@ -108,7 +104,7 @@ class Captioner:
         """
         opts = opts or DecodeOptions()
         if return_attention and not self.has_attention:
-            raise ImcapError(f"{self.model.args.model} has no attention to show (use show_attend_tell or coatt)")
+            raise ImcapError(f"{self.model.args.model} has no attention to show (use show_attend_tell, coatt, updown or transformer)")
         feats = self.model.encode(images.to(self.device), condition=self.condition_ids(condition, images.size(0)))
         out = decode(self.model.decoder, feats, opts, return_attention=return_attention)  # (B, n, L), (B, n)[, (B, n, L, K)]
         seqs, scores = out[0], out[1]
@@ -146,16 +142,20 @@ def caption_paths(captioner: Captioner, paths: Sequence[str], opts: DecodeOption
     """Caption files, folders and globs in batches; bad images are skipped.
 
     Returns ([{"file", "caption", "score", "captions"}], [(file, problem) for each skipped file]);
-    with `return_attention` every result also has "attention" (the best caption's (W+1, h, w) maps).
-    `condition`: the text a conditioned model (coatt) reads for every image, e.g. the answer.
+    skipped files include those found in folders that cannot be images (broken symbolic links,
+    unreadable files, other file types), each logged. With `return_attention` every result also has
+    "attention" (the best caption's (W+1, h, w) maps). `condition`: the text a conditioned model
+    (coatt) reads for every image, e.g. the answer.
     """
     from tqdm import tqdm
 
-    from imcap.data.images import find_images
+    from imcap.data.images import collect_images
 
-    files = find_images(list(paths))
+    files, passed_over = collect_images(list(paths))
     results: list[dict] = []
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = list(passed_over)
+    if passed_over:
+        log.warning("skipped %d file(s) that are not readable images: %s", len(passed_over), skip_summary(passed_over))
     bar = tqdm(total=len(files), desc="caption", unit="img", disable=not progress or len(files) < 2 * batch_size)
     for start in range(0, len(files), batch_size):
         tensors, names = [], []
@@ -174,3 +174,9 @@ def caption_paths(captioner: Captioner, paths: Sequence[str], opts: DecodeOption
         bar.update(len(files[start : start + batch_size]))
     bar.close()
     return results, skipped
+
+
+def skip_summary(skipped: Sequence[tuple[str, str]], shown: int = 3) -> str:
+    """The first `shown` skipped files with their problems, and how many more: for a one-line summary."""
+    names = ", ".join(f"{f} ({problem.removeprefix(f + ': ')})" for f, problem in skipped[:shown])
+    return names + (f" and {len(skipped) - shown} more" if len(skipped) > shown else "")

@@ -19,6 +19,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports errors in the imcap style (one line, exit code 2)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if message.startswith("argument "):  # "argument --batch-size: ..." -> "--batch-size: ..."
+            message = message[len("argument "):]
         sys.stderr.write(f"imcap: error: {message}\n")
         sys.exit(2)
 
@@ -67,20 +69,24 @@ def main(argv: list[str] | None = None) -> None:
 
 @command
 def _add_synth(sub) -> None:
+    from imcap.config import SynthOptions
+    from imcap.options import add_dataclass_arguments
+
     p = sub.add_parser("synth", help="write the built-in synthetic 'scenes' data set (images + captions.json)")
-    p.add_argument("--out", required=True, help="output directory (new, empty, or an earlier synth output)")
-    p.add_argument("--images", type=int, default=3000, help="number of images (default: 3000)")
-    p.add_argument("--seed", type=int, default=123, help="random seed; same seed, same bytes (default: 123)")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels, 64-128 (default: 64)")
-    p.add_argument("--task", default="captions", choices=("captions", "vqa"), help="captions (default), or vqa: question/answer pairs about each scene (train `--model coatt` on answer -> question)")
+    add_dataclass_arguments(p, SynthOptions)
     p.set_defaults(func=_run_synth)
 
 
 def _run_synth(args) -> int:
+    from imcap.config import SynthOptions
+    from imcap.options import dataclass_from_args
+
+    opts = dataclass_from_args(SynthOptions, args)
     from imcap.data.synth import generate_scenes
 
-    path = generate_scenes(args.out, num_images=args.images, seed=args.seed, image_size=args.size, task=args.task)
-    print(f"wrote {args.images} images and {path}" + (" (question/answer pairs)" if args.task == "vqa" else ""))
+    extra = {"difficulty": opts.difficulty} if opts.difficulty != "normal" else {}
+    path = generate_scenes(opts.out, num_images=opts.images, seed=opts.seed, image_size=opts.size, task=opts.task, **extra)
+    print(f"wrote {opts.images} images and {path}" + (" (question/answer pairs)" if opts.task == "vqa" else ""))
     return 0
 
 
@@ -119,10 +125,12 @@ def _add_train(sub) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from imcap.config import TrainOptions
-    from imcap.options import dataclass_from_args
+    from imcap.options import dataclass_from_args, explicit_options
+
+    opts = dataclass_from_args(TrainOptions, args)
     from imcap.train import train
 
-    run = train(dataclass_from_args(TrainOptions, args))
+    run = train(opts, explicit=explicit_options(args))
     print(f"run directory: {run}  (best checkpoint: {run / 'best.pt'})")
     return 0
 
@@ -139,10 +147,12 @@ def _add_eval(sub) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from imcap.config import EvalOptions
-    from imcap.evaluate import run_eval
     from imcap.options import dataclass_from_args
 
-    metrics = run_eval(dataclass_from_args(EvalOptions, args))
+    opts = dataclass_from_args(EvalOptions, args)
+    from imcap.evaluate import run_eval
+
+    metrics = run_eval(opts)
     for key in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "CIDEr_blind", "loss"):
         if key in metrics:
             print(f"{key:>12}  {metrics[key]:.4f}")
@@ -152,81 +162,93 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 @command
 def _add_caption(sub) -> None:
+    from imcap.config import CaptionOptions
+    from imcap.options import add_dataclass_arguments
+
     p = sub.add_parser("caption", help="caption image files, folders or globs")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
-    p.add_argument("--model", required=True, help="run directory or checkpoint file")
-    p.add_argument("--beam-size", type=int, default=1, help="beam size (1: greedy)")
-    p.add_argument("--max-length", type=int, default=16, help="longest caption in words")
-    p.add_argument("-n", "--num-captions", type=int, default=1, help="captions per image")
-    p.add_argument("--sample", action="store_true", help="sample instead of searching")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely words (0: all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    p.add_argument("--attention", default="", metavar="OUT_DIR", help="attention models: write OUT_DIR/<image>.png, the attention map of every generated word")
-    p.add_argument("--condition", default=None, help="conditioned models (coatt): the text to condition on for every image, e.g. the answer")
+    add_dataclass_arguments(p, CaptionOptions)
     p.set_defaults(func=_run_caption)
 
 
 def _run_caption(args: argparse.Namespace) -> int:
     import json
 
-    from imcap.captioner import Captioner, caption_paths
-    from imcap.decoding import DecodeOptions
+    from imcap.config import CaptionOptions
+    from imcap.options import dataclass_from_args
 
-    captioner = Captioner.load(args.model, args.device)
-    opts = DecodeOptions(beam_size=args.beam_size, max_length=args.max_length, sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, n=args.num_captions)
-    results, skipped = caption_paths(captioner, args.paths, opts, args.batch_size, return_attention=bool(args.attention), condition=args.condition)
-    if args.attention:
+    opts = dataclass_from_args(CaptionOptions, args)
+    if opts.out:
+        return _run_caption_to_file(opts)
+    if opts.nproc > 1:
+        raise ImcapError("--nproc needs --out (each process writes its part of the output file)")
+    from imcap.captioner import Captioner, caption_paths, skip_summary
+
+    captioner = Captioner.load(opts.model, opts.device)
+    results, skipped = caption_paths(captioner, opts.paths, opts.decode_options(), opts.batch_size, progress=opts.progress,
+                                     return_attention=bool(opts.attention), condition=opts.condition or None)
+    if opts.attention:
         from imcap.attention_maps import write_attention_maps
 
-        written = write_attention_maps(results, args.attention, captioner.attention_geometry)
-        sys.stderr.write(f"wrote {len(written)} attention map(s) to {args.attention}\n")
+        written = write_attention_maps(results, opts.attention, captioner.attention_geometry)
+        sys.stderr.write(f"wrote {len(written)} attention map(s) to {opts.attention}\n")
         for r in results:
             del r["attention"]
-    if args.json:
+    if opts.json:
         print(json.dumps({"results": results, "skipped": [{"file": f, "error": e} for f, e in skipped]}, indent=2))
     else:
         for r in results:
             print(f"{r['file']}\t{r['caption']}" if len(r["captions"]) == 1 else f"{r['file']}\t" + " | ".join(r["captions"]))
     if skipped:
-        sys.stderr.write(f"imcap: skipped {len(skipped)} bad image(s) of {len(results) + len(skipped)}\n")
+        sys.stderr.write(f"imcap: skipped {len(skipped)} bad image(s) of {len(results) + len(skipped)}: {skip_summary(skipped)}\n")
     if not results:
         sys.stderr.write("imcap: error: no image could be captioned\n")
         return 2
     return 0
 
 
+
+def _run_caption_to_file(opts) -> int:
+    from imcap.caption_run import caption_to_file
+
+    for flag, value in (("--attention", opts.attention), ("--json", opts.json)):
+        if value:
+            raise ImcapError(f"{flag} cannot be combined with --out (the output file holds the results)")
+    r = caption_to_file(opts.model, opts.paths, opts.out, opts.decode_options(), batch_size=opts.batch_size, num_workers=opts.num_workers,
+                        nproc=opts.nproc, device=opts.device, condition=opts.condition or None, progress=opts.progress)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports for all ranks
+        print(f"{r.out}: captioned {r.captioned} image(s) in {r.seconds:.1f} s ({r.images_per_s:.1f} images/s), {r.already} already there")
+    if r.skipped:
+        sys.stderr.write(f"imcap: skipped {r.skipped} unreadable image(s); a rerun tries them again\n")
+    return 0
+
+
 @command
 def _add_demo(sub) -> None:
+    from imcap.config import DemoOptions
+    from imcap.options import add_dataclass_arguments
+
     p = sub.add_parser("demo", help="synth -> prepro -> train -> eval -> caption -> report on the built-in scenes")
-    p.add_argument("--out", default="runs/demo", help="output directory")
-    p.add_argument("--images", type=int, default=3000, help="synthetic images")
-    p.add_argument("--max-iters", type=int, default=1500, help="training iterations")
-    p.add_argument("--seed", type=int, default=123, help="random seed")
+    add_dataclass_arguments(p, DemoOptions)
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from imcap.config import DemoOptions
     from imcap.demo import run_demo
+    from imcap.options import dataclass_from_args
 
-    run_demo(args.out, args.images, args.max_iters, args.seed)
+    opts = dataclass_from_args(DemoOptions, args)
+    run_demo(opts.out, opts.images, opts.max_iters, opts.seed)
     return 0
 
 
 @command
 def _add_serve(sub) -> None:
     from imcap.options import add_dataclass_arguments
-    from imcap.serve.settings import ServeSettings
+    from imcap.serve.settings import ServeOptions, ServeSettings
 
     p = sub.add_parser("serve", help="caption (and search) over HTTP, with a web page; IMCAP_API_KEY turns on a Bearer key")
-    p.add_argument("--model", required=True, help="run directory or checkpoint file")
-    p.add_argument("--search-index", default=None, help="search index to load for POST /v1/search")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    add_dataclass_arguments(p, ServeOptions)
     add_dataclass_arguments(p, ServeSettings)
     p.set_defaults(func=_run_serve)
 
@@ -235,21 +257,22 @@ def _run_serve(args: argparse.Namespace) -> int:
     import os
 
     from imcap.options import dataclass_from_args
-    from imcap.serve.settings import ServeSettings
+    from imcap.serve.settings import ServeOptions, ServeSettings
 
+    opts = dataclass_from_args(ServeOptions, args)
+    settings = dataclass_from_args(ServeSettings, args, api_key=os.environ.get("IMCAP_API_KEY"))
     try:
         from imcap.serve.app import run_server
     except ModuleNotFoundError as exc:
         raise ImcapError(f"imcap serve needs the serve extra ({exc.name} is missing): pip install 'imcap[serve]'") from None
-    settings = dataclass_from_args(ServeSettings, args, api_key=os.environ.get("IMCAP_API_KEY"))
-    run_server(args.model, settings, args.host, args.port, args.device, args.search_index)
+    run_server(opts.model, settings, opts.host, opts.port, opts.device, opts.search_index or None)
     return 0
 
 
 @command
 def _add_search(sub) -> None:
     from imcap.options import add_dataclass_arguments
-    from imcap.search.options import MODELS, SearchTrainOptions
+    from imcap.search.options import MODELS, SearchEvalOptions, SearchTrainOptions
 
     p = sub.add_parser("search", help="natural-language image search: train/eval GNA-RNN or a dual encoder, index, query")
     ss = p.add_subparsers(dest="search_command", metavar="SUBCOMMAND", parser_class=_Parser)
@@ -258,19 +281,16 @@ def _add_search(sub) -> None:
     add_dataclass_arguments(t, SearchTrainOptions)
     t.set_defaults(func=_run_search_train)
     e = ss.add_parser("eval", help="text -> image top-1/5/10 accuracy and mAP on a split")
-    e.add_argument("--model", required=True, help="search run directory or checkpoint file")
-    e.add_argument("--data", default="", help="data to evaluate on (default: the data the model was trained on)")
-    e.add_argument("--split", default="test", choices=("train", "val", "test"), help="split (default: test)")
-    e.add_argument("--max-images", type=int, default=-1, help="gallery size: the first N images of the split (-1: all)")
-    e.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    e.add_argument("--out", default="", help="folder for metrics.json")
-    e.add_argument("--json", action="store_true", help="print JSON")
+    add_dataclass_arguments(e, SearchEvalOptions)
     e.set_defaults(func=_run_search_eval)
-    i = ss.add_parser("index", help="embed image files/folders/globs into a search index (created or appended to)")
-    i.add_argument("--model", required=True, help="search run directory or checkpoint file")
-    i.add_argument("--images", required=True, nargs="+", metavar="PATH", help="image files, folders or glob patterns")
+    i = ss.add_parser("index", help="embed image files/folders/globs (or add precomputed vectors) into a search index (created or appended to)")
+    i.add_argument("--model", default=None, help="search run directory or checkpoint file (with --embeddings: optional, the dual model that made them)")
+    i.add_argument("--images", default=None, nargs="+", metavar="PATH", help="image files, folders or glob patterns")
+    i.add_argument("--embeddings", default="", metavar="FILE.npy", help="instead of --images: precomputed unit-length vectors, an (N, D) float .npy file")
+    i.add_argument("--paths", default="", metavar="FILE.txt", help="with --embeddings: the N image paths, one per line, in row order")
     i.add_argument("--out", required=True, help="index folder (created, or appended to when it exists)")
+    i.add_argument("--kind", default="auto", choices=("auto", "flat", "ivf", "hnsw"),
+                   help="search structure: flat (exact), ivf, hnsw; auto: flat below 100,000 images, else ivf (gna: always flat)")
     i.add_argument("--batch-size", type=int, default=64, help="images per batch")
     i.add_argument("--device", default="auto", help="auto, cpu, cuda")
     i.set_defaults(func=_run_search_index)
@@ -279,18 +299,20 @@ def _add_search(sub) -> None:
     q.add_argument("--index", required=True, help="index folder written by `imcap search index`")
     q.add_argument("-k", type=int, default=10, help="number of hits (default: 10)")
     q.add_argument("--html", default="", help="also write an HTML page of the hits here")
-    q.add_argument("--model", default=None, help="check that the index was built with this model")
+    q.add_argument("--model", default=None, help="check that the index was built with this model (an index of precomputed vectors: the model that embeds the query)")
     q.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=_run_search_query)
 
 
 def _run_search_train(args: argparse.Namespace) -> int:
-    from imcap.options import dataclass_from_args
+    from imcap.options import dataclass_from_args, explicit_options
     from imcap.search.options import SearchTrainOptions
+
+    opts = dataclass_from_args(SearchTrainOptions, args)
     from imcap.search.train import train_search
 
-    run = train_search(dataclass_from_args(SearchTrainOptions, args))
+    run = train_search(opts, explicit_options(args))
     print(f"run directory: {run}  (best checkpoint: {run / 'best.pt'})")
     return 0
 
@@ -298,25 +320,40 @@ def _run_search_train(args: argparse.Namespace) -> int:
 def _run_search_eval(args: argparse.Namespace) -> int:
     import json
 
+    from imcap.options import dataclass_from_args
+    from imcap.search.options import SearchEvalOptions
+
+    opts = dataclass_from_args(SearchEvalOptions, args)
     from imcap.search.evaluate import run_search_eval
 
-    m = run_search_eval(args.model, args.data, args.split, args.max_images, args.batch_size, args.device, args.out)
-    if args.json:
+    m = run_search_eval(opts.model, opts.data, opts.split, opts.max_images, opts.batch_size, opts.device, opts.out, opts.progress)
+    if opts.json:
         print(json.dumps(m, indent=2))
         return 0
     print(f"{m['kind']} model, {m['split']} split: {m['queries']} queries, gallery {m['gallery']} images ({m['identities']} identities)")
     for key in ("top1", "top5", "top10", "mAP"):
         print(f"{key:>6}  {100 * m[key]:.2f}%")
-    if args.out:
-        print(f"wrote {args.out}/metrics.json")
+    if opts.out:
+        print(f"wrote {opts.out}/metrics.json")
     return 0
 
 
 def _run_search_index(args: argparse.Namespace) -> int:
-    from imcap.search.index import build_index
+    from imcap.search.index import build_index, build_index_from_vectors
 
-    r = build_index(args.model, args.images, args.out, args.batch_size, args.device)
-    print(f"{r.path}: added {r.added} image(s), {r.already} already indexed, {r.total} in total")
+    if args.embeddings:
+        if args.images:
+            raise ImcapError("--embeddings and --images: give one of them (vectors, or images to embed)")
+        if not args.paths:
+            raise ImcapError("--embeddings needs --paths FILE.txt: the image paths of its rows, one per line")
+        r = build_index_from_vectors(args.embeddings, args.paths, args.out, args.model, args.kind)
+    else:
+        if args.paths:
+            raise ImcapError("--paths goes with --embeddings (precomputed vectors); to embed images give --images")
+        if not args.images or not args.model:
+            raise ImcapError("search index needs --model RUN and --images PATH ... (or --embeddings FILE.npy --paths FILE.txt)")
+        r = build_index(args.model, args.images, args.out, args.batch_size, args.device, kind=args.kind)
+    print(f"{r.path}: added {r.added} image(s), {r.already} already indexed, {r.total} in total ({r.kind} index)")
     if r.skipped:
         sys.stderr.write(f"imcap: skipped {len(r.skipped)} bad image(s) (first: {r.skipped[0][1]})\n")
     return 0
@@ -393,57 +430,57 @@ def _add_features(sub) -> None:
 
 def _run_features(args: argparse.Namespace) -> int:
     from imcap.config import FeatureOptions
-    from imcap.features import extract_features
     from imcap.options import dataclass_from_args
 
-    out = extract_features(dataclass_from_args(FeatureOptions, args))
+    opts = dataclass_from_args(FeatureOptions, args)
+    from imcap.features import extract_features
+
+    out = extract_features(opts)
     print(f"wrote {out}/meta.json and its feature arrays; train with --features-dir {out}")
     return 0
 
 
 @command
 def _add_score(sub: argparse._SubParsersAction) -> None:
+    from imcap.config import ScoreOptions
+    from imcap.options import add_dataclass_arguments
+
     p = sub.add_parser("score", help="caption metrics (BLEU, METEOR, ROUGE-L, CIDEr, SPICE) with pycocoevalcap's numbers")
-    p.add_argument("--refs", required=True, help="references: COCO annotations, Karpathy JSON, or {id: [captions]}")
-    p.add_argument("--preds", required=True, help="predictions: COCO results [{image_id, caption}] or {id: caption}")
-    p.add_argument("--metrics", nargs="+", default=None,
-                   help="Bleu, Bleu_1..Bleu_4, METEOR, ROUGE_L, CIDEr, SPICE (default: all; METEOR/SPICE skipped "
-                        "when Java or their jars are missing)")
-    p.add_argument("--per-image", metavar="OUT", help="write per-image scores to this JSON file")
-    p.add_argument("--out", metavar="OUT", help="write the corpus scores to this JSON file")
-    p.add_argument("--no-tokenize", dest="tokenize", action="store_false",
-                   help="captions are already PTB-tokenized (skip the tokenizer)")
-    p.add_argument("--meteor-jar", help="path of meteor-1.5.jar (default: from pycocoevalcap or IMCAP_METEOR_JAR)")
-    p.add_argument("--spice-jar", help="path of spice-1.0.jar with CoreNLP in lib/ (default: pycocoevalcap's)")
-    p.add_argument("--java", help="Java executable (default: IMCAP_JAVA or `java` on PATH)")
+    add_dataclass_arguments(p, ScoreOptions)
     p.set_defaults(func=_run_score)
 
 
 def _run_score(args: argparse.Namespace) -> int:
+    from imcap.config import ScoreOptions
+    from imcap.options import dataclass_from_args
+
+    o = dataclass_from_args(ScoreOptions, args)
     from imcap.metrics.cli_score import run
 
-    return run(args.refs, args.preds, args.metrics, args.per_image, args.out, args.tokenize, args.meteor_jar,
-               args.spice_jar, args.java)
+    return run(o.refs, o.preds, o.metrics or None, o.per_image or None, o.out or None, o.tokenize, o.meteor_jar or None,
+               o.spice_jar or None, o.java or None)
 
 
 @command
 def _add_explain(sub) -> None:
+    from imcap.config import ExplainOptions
+    from imcap.options import add_dataclass_arguments
+
     p = sub.add_parser("explain", help="saliency maps: which pixels each word of the caption depends on (PNG per image)")
-    p.add_argument("paths", nargs="+", metavar="IMG", help="image files, folders or glob patterns")
-    p.add_argument("--model", required=True, help="run directory or checkpoint file (any model with a CNN)")
-    p.add_argument("--out", default="explain", help="folder for <image>.png (default: explain)")
-    p.add_argument("--beam-size", type=int, default=1, help="beam size of the explained caption (1: greedy)")
-    p.add_argument("--max-length", type=int, default=16, help="longest caption in words")
-    p.add_argument("--condition", default=None, help="conditioned models (coatt): the text to condition on, e.g. the answer")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    add_dataclass_arguments(p, ExplainOptions)
     p.set_defaults(func=_run_explain)
 
 
 def _run_explain(args: argparse.Namespace) -> int:
+    from imcap.config import ExplainOptions
+    from imcap.options import dataclass_from_args
+
+    opts = dataclass_from_args(ExplainOptions, args)
     from imcap.decoding import DecodeOptions
     from imcap.saliency import run_explain
 
-    written, skipped = run_explain(args.model, args.paths, args.out, DecodeOptions(beam_size=args.beam_size, max_length=args.max_length), args.condition, args.device)
+    decode_opts = DecodeOptions(beam_size=opts.beam_size, max_length=opts.max_length, length_penalty=opts.length_penalty)
+    written, skipped = run_explain(opts.model, opts.paths, opts.out, decode_opts, opts.condition or None, opts.device)
     for path, caption in written:
         print(f"{path}\t{caption}")
     if skipped:
@@ -451,4 +488,25 @@ def _run_explain(args: argparse.Namespace) -> int:
     if not written:
         sys.stderr.write("imcap: error: no image could be explained\n")
         return 2
+    return 0
+
+
+@command
+def _add_export(sub) -> None:
+    from imcap.export.options import ExportOptions
+    from imcap.options import add_dataclass_arguments
+
+    p = sub.add_parser("export", help="a run -> a portable folder: model.safetensors, config.json, vocab.json, README.md (--onnx: ONNX graphs too)")
+    add_dataclass_arguments(p, ExportOptions)
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from imcap.export.command import export_model
+    from imcap.export.options import ExportOptions
+    from imcap.options import dataclass_from_args
+
+    out = export_model(dataclass_from_args(ExportOptions, args))
+    files = sorted(p.name for p in out.iterdir())
+    print(f"wrote {out}: {', '.join(files)}")
     return 0

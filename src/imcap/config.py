@@ -1,119 +1,258 @@
-"""Options of the training and evaluation commands, as dataclasses (configs are data; no torch here)."""
+"""Options of imcap's commands, as dataclasses (configs are data; no torch here, so `imcap --help` stays fast).
+
+Each option is defined once with `opt` (flag, default, help, validation). Groups shared by several commands
+(device, decoding, CNN, optimiser, training loop) are small dataclasses that a command's options inherit.
+`imcap train --help`, docs/options.md (tools/gen_option_docs.py) and the options saved in checkpoints all
+come from these classes.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from imcap.devices import device_name_error
+from imcap.options import opt, redefault
+
+OPTIMIZERS = ("adam", "sgd", "sgdm", "rmsprop", "adagrad")
 
 
-def _opt(default, help: str, **meta):
-    return field(default=default, metadata={"help": help, **meta})
+# ---------------------------------------------------------------- shared groups
+@dataclass
+class DeviceOptions:
+    """Where the work runs and how it reports progress."""
+
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps", check=device_name_error)
+    progress: bool = opt(True, "show a progress bar (a plain line every few seconds when output is not a terminal)")
 
 
 @dataclass
-class TrainOptions:
-    """Every option of neuraltalk2's train.lua (dash-named, same defaults) plus imcap's own."""
+class WorkerOptions:
+    """DataLoader worker processes."""
 
-    data: str = _opt("", "prepro directory written by `imcap prepro` (neuraltalk2: input_h5/input_json)")
-    checkpoint_path: str = _opt("runs/train", "run directory for checkpoints, history and curves")
-    resume: bool = _opt(False, "continue the run in --checkpoint-path exactly where it stopped")
-    start_from: str = _opt("", "initialise the weights from this checkpoint (a fresh run otherwise)")
-    features_dir: str = _opt("", "train on precomputed features (`imcap features` output, or region features: <id>.npy/.npz files or HDF5) instead of running the CNN")
+    num_workers: int = opt(-1, "DataLoader worker processes (-1: chosen from the core count; 0: load in the main process)", min=0, allow=(-1,))
+
+
+@dataclass
+class BeamOptions:
+    """Beam search width and length penalty."""
+
+    beam_size: int = opt(1, "beam size (1: greedy)", min=1)
+    length_penalty: float = opt(0.0, "beam length penalty alpha (GNMT; 0: off)", min=0.0)
+
+
+@dataclass
+class DecodingOptions(BeamOptions):
+    """How captions are drawn from a model: search or sampling."""
+
+    max_length: int = opt(16, "longest caption in words", min=1)
+    n: int = opt(1, "captions per image", min=1, flag="--num-captions", short="-n")
+    sample: bool = opt(False, "sample instead of searching")
+    temperature: float = opt(1.0, "sampling temperature", gt=0.0)
+    top_k: int = opt(0, "sample from the k most likely words (0: all)", min=0)
+    top_p: float = opt(1.0, "nucleus sampling: smallest set of words with this much probability", gt=0.0, max=1.0)
+
+    def decode_options(self):
+        """These options as `imcap.decoding.DecodeOptions`."""
+        from imcap.decoding import DecodeOptions
+
+        return DecodeOptions(beam_size=self.beam_size, max_length=self.max_length, sample=self.sample, temperature=self.temperature,
+                             top_k=self.top_k, top_p=self.top_p, length_penalty=self.length_penalty, n=self.n)
+
+
+@dataclass
+class CnnOptions:
+    """The image encoder."""
+
+    cnn: str = opt("small", "image encoder: small (trains from scratch), vgg16, resnet50, resnet101, or torchvision:NAME (neuraltalk2: cnn_proto/cnn_model)")
+    cnn_weights: str = opt("imagenet", "CNN weights: imagenet (local torch cache), none (random), or a file path")
+    cnn_width: int = opt(32, "channels of the small CNN's first layer", min=1)
+    image_size: int = opt(0, "input side in pixels (0: the CNN's own, 64 small / 224 others)", min=16, allow=(0,))
+
+
+@dataclass
+class OptimOptions:
+    """Optimisers, learning-rate schedule and gradient clipping (shared by every trainer)."""
+
+    optim: str = opt("adam", "language model optimiser", choices=OPTIMIZERS)
+    learning_rate: float = opt(4e-4, "language model learning rate", gt=0.0)
+    learning_rate_decay_start: int = opt(-1, "iteration at which the learning rate starts halving (-1: never)", min=0, allow=(-1,))
+    learning_rate_decay_every: int = opt(50000, "halve the learning rate every this many iterations", min=1)
+    optim_alpha: float = opt(0.8, "adam beta1 / momentum / rmsprop alpha", min=0.0, lt=1.0)
+    optim_beta: float = opt(0.999, "adam beta2", min=0.0, lt=1.0)
+    optim_epsilon: float = opt(1e-8, "optimiser epsilon", gt=0.0)
+    grad_clip: float = opt(0.1, "clip gradients to this value (elementwise) or norm (see --grad-clip-mode); 0: off", min=0.0)
+    grad_clip_mode: str = opt("value", "value: elementwise clamp as neuraltalk2; norm: total-norm clipping", choices=("value", "norm"))
+    finetune_cnn_after: int = opt(-1, "start fine-tuning a pretrained CNN after this iteration (-1: never; a CNN without pretrained weights always trains)", min=0, allow=(-1,))
+    cnn_optim: str = opt("adam", "CNN optimiser", choices=OPTIMIZERS)
+    cnn_optim_alpha: float = opt(0.8, "CNN optimiser beta1 / momentum", min=0.0, lt=1.0)
+    cnn_optim_beta: float = opt(0.999, "CNN adam beta2", min=0.0, lt=1.0)
+    cnn_learning_rate: float = opt(1e-5, "learning rate of a pretrained CNN when fine-tuning (a from-scratch CNN uses --learning-rate)", gt=0.0)
+    cnn_weight_decay: float = opt(0.0, "L2 weight decay of the CNN", min=0.0)
+
+
+@dataclass
+class LoopOptions:
+    """The training loop: run directory, length, batch, validation and checkpoint cadence, seed."""
+
+    data: str = opt("", "prepro directory written by `imcap prepro` (neuraltalk2: input_h5/input_json)")
+    checkpoint_path: str = opt("runs/train", "run directory for checkpoints, history and curves")
+    resume: bool = opt(False, "continue the run in --checkpoint-path exactly where it stopped, with its saved options")
+    max_iters: int = opt(-1, "stop after this many iterations (-1: no limit)", min=1, allow=(-1,))
+    max_epochs: int = opt(-1, "stop after this many epochs (-1: no limit)", min=1, allow=(-1,))
+    batch_size: int = opt(16, "images per batch", min=1)
+    val_images_use: int = opt(3200, "validation images per evaluation (-1: all)", min=1, allow=(-1,))
+    save_checkpoint_every: int = opt(2500, "validate and checkpoint every this many iterations", min=1)
+    losses_log_every: int = opt(25, "record the training loss every this many iterations", min=1)
+    seed: int = opt(123, "random seed", min=0)
+
+
+# Options a `--resume` may change (typed explicitly): they do not change what the run computes.
+RESUME_OVERRIDES = frozenset({"resume", "max_iters", "max_epochs", "save_checkpoint_every", "device", "num_workers", "progress",
+                              "compile", "nproc", "data", "checkpoint_path"})
+
+
+# ---------------------------------------------------------------- commands
+@dataclass
+class TrainOptions(DeviceOptions, WorkerOptions, OptimOptions, CnnOptions, LoopOptions):
+    """`imcap train`: every option of neuraltalk2's train.lua (dash-named, same defaults) plus imcap's own."""
+
+    start_from: str = opt("", "initialise the weights from this checkpoint (a fresh run otherwise); model sizes come from it")
+    features_dir: str = opt("", "train on precomputed features (`imcap features` output, or region features: <id>.npy/.npz files or HDF5) instead of running the CNN")
     # model
-    model: str = _opt("show_tell", "decoder: show_tell (neuraltalk2), show_attend_tell (soft attention over the CNN grid or regions), coatt (IVQA co-attention conditioned on --condition-field)", choices=("show_tell", "show_attend_tell", "coatt"))
-    cnn: str = _opt("small", "image encoder: small (trains from scratch), vgg16, resnet50, resnet101 (neuraltalk2: cnn_proto/cnn_model)")
-    cnn_weights: str = _opt("imagenet", "CNN weights: imagenet (local torch cache), none (random), or a file path")
-    cnn_width: int = _opt(32, "channels of the small CNN's first layer")
-    image_size: int = _opt(0, "input side in pixels (0: the CNN's own, 64 small / 224 others)")
-    rnn_size: int = _opt(512, "hidden units of the RNN")
-    input_encoding_size: int = _opt(512, "size of word and image encodings")
-    num_layers: int = _opt(1, "RNN layers")
-    rnn_type: str = _opt("lstm", "RNN cell", choices=("lstm", "gru", "rnn"))
-    drop_prob_lm: float = _opt(0.5, "dropout in the language model")
-    image_input: str = _opt("first", "where the image enters the RNN: first (neuraltalk2, t=0) or every (concatenated to each word)", choices=("first", "every"))
-    condition_field: str = _opt("answer", "coatt: the images.json extra field the decoder is conditioned on (e.g. the answer of `imcap synth --task vqa`); several fields joined with commas, e.g. answer,concepts")
-    alpha_c: float = _opt(0.0, "show_attend_tell/coatt: weight of the doubly stochastic attention regulariser: (1 - sum_t alpha_tk)^2 averaged over regions k (0: off)")
-    scheduled_sampling_start: int = _opt(-1, "iteration at which scheduled sampling starts: model samples replace input words (-1: pure teacher forcing)")
-    ss_increase_every: int = _opt(500, "raise the scheduled-sampling probability every this many iterations")
-    ss_increase_prob: float = _opt(0.05, "raise the scheduled-sampling probability by this much each time")
-    ss_max_prob: float = _opt(0.25, "up to this probability")
-    # optimisation
-    max_iters: int = _opt(-1, "stop after this many iterations (-1: no limit)")
-    max_epochs: int = _opt(-1, "stop after this many epochs (-1: no limit)")
-    batch_size: int = _opt(16, "images per batch")
-    seq_per_img: int = _opt(5, "captions per image in a batch (the CNN runs once per image)")
-    grad_clip: float = _opt(0.1, "clip gradients to this value (elementwise) or norm (see --grad-clip-mode)")
-    grad_clip_mode: str = _opt("value", "value: elementwise clamp as neuraltalk2; norm: total-norm clipping", choices=("value", "norm"))
-    finetune_cnn_after: int = _opt(-1, "start fine-tuning a pretrained CNN after this iteration (-1: never; a CNN without pretrained weights always trains)")
-    optim: str = _opt("adam", "language model optimiser", choices=("adam", "sgd", "sgdm", "rmsprop", "adagrad"))
-    learning_rate: float = _opt(4e-4, "language model learning rate")
-    learning_rate_decay_start: int = _opt(-1, "iteration at which the learning rate starts halving (-1: never)")
-    learning_rate_decay_every: int = _opt(50000, "halve the learning rate every this many iterations")
-    optim_alpha: float = _opt(0.8, "adam beta1 / momentum / rmsprop alpha")
-    optim_beta: float = _opt(0.999, "adam beta2")
-    optim_epsilon: float = _opt(1e-8, "optimiser epsilon")
-    cnn_optim: str = _opt("adam", "CNN optimiser", choices=("adam", "sgd", "sgdm", "rmsprop", "adagrad"))
-    cnn_optim_alpha: float = _opt(0.8, "CNN optimiser beta1 / momentum")
-    cnn_optim_beta: float = _opt(0.999, "CNN adam beta2")
-    cnn_learning_rate: float = _opt(1e-5, "learning rate of a pretrained CNN when fine-tuning (a from-scratch CNN uses --learning-rate)")
-    cnn_weight_decay: float = _opt(0.0, "L2 weight decay of the CNN")
-    # evaluation and saving
-    val_images_use: int = _opt(3200, "validation images per evaluation (-1: all)")
-    save_checkpoint_every: int = _opt(2500, "validate and checkpoint every this many iterations")
-    language_eval: bool = _opt(False, "compute BLEU/METEOR/ROUGE_L/CIDEr on validation; keep the best checkpoint by CIDEr")
-    losses_log_every: int = _opt(25, "record the training loss every this many iterations")
-    max_loss_factor: float = _opt(3.0, "stop when the loss exceeds this times ln(vocabulary size) (exploding)")
-    seed: int = _opt(123, "random seed")
-    id: str = _opt("", "an id for this run, stored in its checkpoints")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
-    num_workers: int = _opt(0, "DataLoader worker processes")
-    progress: bool = _opt(True, "show a progress bar")
+    model: str = opt("show_tell", "decoder: show_tell (neuraltalk2), show_attend_tell (soft attention over the CNN grid or regions), coatt (IVQA co-attention conditioned on --condition-field), "
+                     "updown (two-LSTM bottom-up/top-down attention), transformer (encoder over the features, masked decoder; see --d-model)",
+                     choices=("show_tell", "show_attend_tell", "coatt", "updown", "transformer"))
+    rnn_size: int = opt(512, "hidden units of the RNN", min=1)
+    input_encoding_size: int = opt(512, "size of word and image encodings", min=1)
+    num_layers: int = opt(1, "RNN layers (transformer: encoder and decoder layers)", min=1)
+    rnn_type: str = opt("lstm", "RNN cell", choices=("lstm", "gru", "rnn"))
+    drop_prob_lm: float = opt(0.5, "dropout in the language model", min=0.0, lt=1.0)
+    image_input: str = opt("first", "where the image enters the RNN: first (neuraltalk2, t=0) or every (concatenated to each word)", choices=("first", "every"))
+    condition_field: str = opt("answer", "coatt: the images.json extra field the decoder is conditioned on (e.g. the answer of `imcap synth --task vqa`); several fields joined with commas, e.g. answer,concepts")
+    alpha_c: float = opt(0.0, "show_attend_tell/coatt: weight of the doubly stochastic attention regulariser: (1 - sum_t alpha_tk)^2 averaged over regions k (0: off)", min=0.0)
+    scheduled_sampling_start: int = opt(-1, "iteration at which scheduled sampling starts: model samples replace input words (-1: pure teacher forcing)", min=0, allow=(-1,))
+    ss_increase_every: int = opt(500, "raise the scheduled-sampling probability every this many iterations", min=1)
+    ss_increase_prob: float = opt(0.05, "raise the scheduled-sampling probability by this much each time", min=0.0, max=1.0)
+    ss_max_prob: float = opt(0.25, "up to this probability", min=0.0, max=1.0)
+    # training
+    seq_per_img: int = opt(5, "captions per image in a batch (the CNN runs once per image)", min=1)
+    language_eval: bool = opt(False, "compute BLEU/METEOR/ROUGE_L/CIDEr on validation; keep the best checkpoint by CIDEr")
+    max_loss_factor: float = opt(3.0, "stop when the loss exceeds this times ln(vocabulary size) (exploding)", gt=0.0)
+    id: str = opt("", "an id for this run, stored in its checkpoints")
     # self-critical sequence training (imcap.scst)
-    self_critical_after: int = _opt(-1, "switch from cross-entropy to self-critical training (SCST, CIDEr-D reward) after this many iterations (-1: never); RUN/xe.pt keeps the cross-entropy model")
-    sc_sample_n: int = _opt(5, "SCST: captions sampled per image")
-    sc_baseline: str = _opt("greedy", "SCST baseline: greedy (reward of the greedy caption) or mean (mean reward of the other samples)", choices=("greedy", "mean"))
-    sc_bleu4_weight: float = _opt(0.0, "SCST: add this times BLEU-4 to the CIDEr-D reward")
-    sc_entropy_weight: float = _opt(0.0, "SCST: entropy bonus weight (keeps sampling diverse)")
-    sc_unfinished_penalty: float = _opt(0.0, "SCST: subtract this from the reward of samples that never say <END>")
-    sc_temperature: float = _opt(1.0, "SCST: sampling temperature")
+    self_critical_after: int = opt(-1, "switch from cross-entropy to self-critical training (SCST, CIDEr-D reward) after this many iterations (-1: never); RUN/xe.pt keeps the cross-entropy model", min=0, allow=(-1,))
+    sc_sample_n: int = opt(5, "SCST: captions sampled per image", min=1)
+    sc_baseline: str = opt("greedy", "SCST baseline: greedy (reward of the greedy caption) or mean (mean reward of the other samples)", choices=("greedy", "mean"))
+    sc_bleu4_weight: float = opt(0.0, "SCST: add this times BLEU-4 to the CIDEr-D reward", min=0.0)
+    sc_entropy_weight: float = opt(0.0, "SCST: entropy bonus weight (keeps sampling diverse)", min=0.0)
+    sc_unfinished_penalty: float = opt(0.0, "SCST: subtract this from the reward of samples that never say <END>", min=0.0)
+    sc_temperature: float = opt(1.0, "SCST: sampling temperature", gt=0.0)
     # speed and scale (imcap.speed, imcap.distributed)
-    amp: bool = _opt(False, "mixed precision: autocast (bf16, or fp16 with loss scaling on GPUs without bf16)")
-    amp_dtype: str = _opt("auto", "--amp dtype: auto, bf16 or fp16", choices=("auto", "bf16", "fp16"))
-    compile: bool = _opt(False, "torch.compile the model (falls back to eager with a warning when compiling fails)")
-    channels_last: bool = _opt(True, "channels_last memory format for the CNN on GPUs")
-    nproc: int = _opt(1, "train with this many processes on this machine (runs torchrun; --batch-size is per process)")
-
-
-
-@dataclass
-class EvalOptions:
-    """Options of `imcap eval`."""
-
-    model: str = field(default="", metadata={"help": "run directory (its best checkpoint) or checkpoint file"})
-    data: str = field(default="", metadata={"help": "prepro directory (default: the one the model was trained on)"})
-    features_dir: str = field(default="", metadata={"help": "precomputed features instead of images (default: the ones the model was trained on, if any)"})
-    split: str = field(default="test", metadata={"help": "split to evaluate", "choices": ("train", "val", "test")})
-    beam_size: int = field(default=1, metadata={"help": "beam size (1: greedy)"})
-    length_penalty: float = field(default=0.0, metadata={"help": "beam length penalty alpha"})
-    max_images: int = field(default=-1, metadata={"help": "evaluate only the first N images (-1: all)"})
-    batch_size: int = field(default=32, metadata={"help": "images per batch"})
-    out: str = field(default="", metadata={"help": "output directory (default: RUN/eval-SPLIT)"})
-    html_images: int = field(default=60, metadata={"help": "images shown in the HTML report"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    amp: bool = opt(False, "mixed precision: autocast (bf16, or fp16 with loss scaling on GPUs without bf16)")
+    amp_dtype: str = opt("auto", "--amp dtype", choices=("auto", "bf16", "fp16"))
+    compile: bool = opt(False, "torch.compile the model (falls back to eager with a warning when compiling fails)")
+    channels_last: bool = opt(True, "channels_last memory format for the CNN on GPUs")
+    nproc: int = opt(1, "train with this many processes on this machine (runs torchrun; --batch-size is per process)", min=1)
+    # decoders (issue 16): the transformer, its schedule and loss, the SCST learning rate and its safeguard
+    d_model: int = opt(512, "transformer: width of the encoder and decoder layers", min=1)
+    num_heads: int = opt(8, "transformer: attention heads (must divide --d-model)", min=1)
+    ff_size: int = opt(2048, "transformer: hidden units of the feed-forward sub-layers", min=1)
+    transformer_dropout: float = opt(0.1, "transformer: dropout (residual, attention, feed-forward, embeddings)", min=0.0, lt=1.0)
+    position_encoding: str = opt("auto", "transformer: where each feature sits: grid (box of each cell of a square CNN grid), boxes (region boxes x0,y0,x1,y1 in [0, 1] "
+                                 "in the last 4 feature columns), none; auto: grid with a CNN, none on region features", choices=("auto", "grid", "boxes", "none"))
+    label_smoothing: float = opt(0.0, "cross-entropy label smoothing: this much target probability spread over the vocabulary (0: off)", min=0.0, lt=1.0)
+    lr_schedule: str = opt("step", "learning-rate schedule: step (neuraltalk2 halving, see --learning-rate-decay-start) or noam (warm-up, then inverse square root; --learning-rate is the peak)", choices=("step", "noam"))
+    warmup_steps: int = opt(0, "linear learning-rate warm-up over this many iterations (noam: its peak iteration; 0: none)", min=0)
+    sc_learning_rate: float = opt(2e-5, "SCST: language model learning rate while self-critical (replaces --learning-rate and its schedule, also when SCST starts mid-run)", gt=0.0)
+    sc_guard_window: int = opt(10, "SCST safeguard: average the baseline reward over blocks of this many iterations (0: safeguard off)", min=0)
+    sc_guard_patience: int = opt(4, "SCST safeguard: halve the SCST learning rate when the block average fell this many times in a row", min=1)
 
 
 @dataclass
-class FeatureOptions:
-    """Options of `imcap features`."""
+class EvalOptions(DeviceOptions, BeamOptions):
+    """`imcap eval`: predictions, metrics and an HTML report for one split."""
 
-    data: str = field(default="", metadata={"help": "prepro directory whose images to encode"})
-    out: str = field(default="", metadata={"help": "output directory"})
-    model: str = field(default="", metadata={"help": "take the CNN of this run/checkpoint (else --cnn)"})
-    cnn: str = field(default="resnet50", metadata={"help": "CNN when no --model: small, vgg16, resnet50, resnet101"})
-    cnn_weights: str = field(default="imagenet", metadata={"help": "imagenet (local torch cache), none, or a file"})
-    cnn_width: int = field(default=32, metadata={"help": "channels of the small CNN"})
-    image_size: int = field(default=0, metadata={"help": "input side (0: the CNN's own)"})
-    kinds: str = field(default="pooled,spatial", metadata={"help": "comma-separated: pooled (D per image) and/or spatial (K x C grid)"})
-    batch_size: int = field(default=32, metadata={"help": "images per batch"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    model: str = opt("", "run directory (its best checkpoint) or checkpoint file", required=True)
+    data: str = opt("", "prepro directory (default: the one the model was trained on; another one must hold the same data set)")
+    features_dir: str = opt("", "precomputed features instead of images (default: the ones the model was trained on, if any)")
+    split: str = opt("test", "split to evaluate", choices=("train", "val", "test"))
+    max_images: int = opt(-1, "evaluate only the first N images (-1: all)", min=1, allow=(-1,))
+    batch_size: int = opt(32, "images per batch", min=1)
+    out: str = opt("", "output directory (default: RUN/eval-SPLIT)")
+    html_images: int = opt(60, "images shown in the HTML report", min=0)
+
+
+@dataclass
+class CaptionOptions(DeviceOptions, WorkerOptions, DecodingOptions):
+    """`imcap caption`: caption image files, folders or globs."""
+
+    paths: list[str] = opt([], "image files, folders or glob patterns", positional=True, metavar="PATH")
+    model: str = opt("", "run directory, checkpoint file or export folder", required=True)
+    batch_size: int = opt(32, "images per batch", min=1)
+    out: str = opt("", "write one JSON object per image to this .jsonl (or .parquet) file; a rerun skips images already in it")
+    nproc: int = opt(1, "with --out: caption in this many local processes, each writing its own part, merged at the end", min=1)
+    json: bool = opt(False, "print JSON instead of text")
+    attention: str = opt("", "attention models: write OUT_DIR/<image>.png, the attention map of every generated word", metavar="OUT_DIR")
+    condition: str = opt("", "conditioned models (coatt): the text to condition on for every image, e.g. the answer")
+
+
+@dataclass
+class ExplainOptions(DeviceOptions, BeamOptions):
+    """`imcap explain`: saliency maps of each word of the caption."""
+
+    paths: list[str] = opt([], "image files, folders or glob patterns", positional=True, metavar="IMG")
+    model: str = opt("", "run directory or checkpoint file (any model with a CNN)", required=True)
+    out: str = opt("explain", "folder for <image>.png")
+    max_length: int = opt(16, "longest caption in words", min=1)
+    condition: str = opt("", "conditioned models (coatt): the text to condition on, e.g. the answer")
+
+
+@dataclass
+class FeatureOptions(DeviceOptions, WorkerOptions, CnnOptions):
+    """`imcap features`: run the CNN once over a data set and store its features."""
+
+    data: str = opt("", "prepro directory whose images to encode", required=True)
+    out: str = opt("", "output directory", required=True)
+    model: str = opt("", "take the CNN of this run/checkpoint (else --cnn)")
+    cnn: str = redefault(CnnOptions, "cnn", "resnet50", "CNN when no --model: small, vgg16, resnet50, resnet101 or torchvision:NAME")
+    store: str = opt("auto", "pooled (one D vector per image: show_tell), spatial (the K x C grid: attention decoders) or both; "
+                     "auto: what --model's decoder reads, pooled without --model", choices=("auto", "pooled", "spatial", "both"))
+    kinds: str = opt("", "old name of --store: pooled, spatial or pooled,spatial")
+    batch_size: int = opt(32, "images per batch", min=1)
+    commit_every: int = opt(1024, "make the images done durable (what a rerun after a kill continues from) every this many images", min=1)
+
+
+@dataclass
+class SynthOptions:
+    """`imcap synth`: the built-in synthetic scenes."""
+
+    out: str = opt("", "output directory (new, empty, or an earlier synth output)", required=True)
+    images: int = opt(3000, "number of images", min=1)
+    seed: int = opt(123, "random seed; same seed, same bytes", min=0)
+    size: int = opt(64, "image side in pixels", min=64, max=128)
+    task: str = opt("captions", "captions, or vqa: question/answer pairs about each scene (train `--model coatt` on answer -> question)", choices=("captions", "vqa"))
+    difficulty: str = opt("normal", "normal: 1-3 objects; hard: 3-6 overlapping, textured objects, counting and long-range relations", choices=("normal", "hard"))
+
+
+@dataclass
+class DemoOptions:
+    """`imcap demo`: synth -> prepro -> train -> eval -> caption -> report."""
+
+    out: str = opt("runs/demo", "output directory")
+    images: int = opt(3000, "synthetic images", min=10)
+    max_iters: int = opt(1500, "training iterations", min=1)
+    seed: int = opt(123, "random seed", min=0)
+
+
+@dataclass
+class ScoreOptions:
+    """`imcap score`: caption metrics with pycocoevalcap's numbers."""
+
+    refs: str = opt("", "references: COCO annotations, Karpathy JSON, or {id: [captions]}", required=True)
+    preds: str = opt("", "predictions: COCO results [{image_id, caption}] or {id: caption}", required=True)
+    metrics: list[str] = opt([], "Bleu, Bleu_1..Bleu_4, METEOR, ROUGE_L, CIDEr, SPICE (default: all; METEOR/SPICE skipped when Java or their jars are missing)")
+    per_image: str = opt("", "write per-image scores to this JSON file", metavar="OUT")
+    out: str = opt("", "write the corpus scores to this JSON file", metavar="OUT")
+    tokenize: bool = opt(True, "PTB-tokenize the captions (--no-tokenize: they already are)")
+    meteor_jar: str = opt("", "path of meteor-1.5.jar (default: from pycocoevalcap or IMCAP_METEOR_JAR)")
+    spice_jar: str = opt("", "path of spice-1.0.jar with CoreNLP in lib/ (default: pycocoevalcap's)")
+    java: str = opt("", "Java executable (default: IMCAP_JAVA or `java` on PATH)")

@@ -1,8 +1,8 @@
-"""Decoding for every decoder that implements the step interface (see models/show_tell.py).
+"""Decoding for every decoder, through the contract of models/decoder.py (init_state, step, select_state) only.
 
 greedy, sampling (temperature, top-k, top-p) and beam search batched over the whole batch.
 All return token ids padded with <NULL> after <END>; with `return_attention=True` they also return the
-per-word attention weights of decoders that have them (`decoder.has_attention`, `decoder.last_alpha`).
+per-word attention weights that `step` gives for decoders with `has_attention`.
 """
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from imcap.data.vocab import END, NULL, START
+from imcap.models.decoder import Decoder, Features, feature_batch, repeat_features
 
-Features = torch.Tensor | tuple[torch.Tensor, ...]  # (B, E) pooled, (B, K, C) regions, or a tuple such as (regions, condition ids)
+__all__ = ["DecodeOptions", "Features", "beam_search", "decode", "decode_steps", "feature_batch", "greedy", "repeat_features", "sample"]
 
 
 @dataclass
@@ -42,41 +43,27 @@ def _mask_special(logprobs: torch.Tensor, last: bool = False) -> torch.Tensor:
     return logprobs
 
 
-def feature_batch(feats: Features) -> tuple[int, torch.device]:
-    """Batch size and device of decoder features: a tensor (B, ...) or a tuple of them (e.g. regions and a condition)."""
-    first = feats[0] if isinstance(feats, tuple) else feats
-    return first.size(0), first.device
-
-
-def repeat_features(feats: Features, n: int) -> Features:
-    """Repeat every image's features `n` times along the batch (B -> B*n), tuples part by part."""
-    if isinstance(feats, tuple):
-        return tuple(f.repeat_interleave(n, dim=0) for f in feats)
-    return feats.repeat_interleave(n, dim=0)
-
-
-def _attention(decoder) -> torch.Tensor:
-    """The attention weights (B, K) of the decoder's last step."""
-    alpha = getattr(decoder, "last_alpha", None)
-    if alpha is None:
+def _check_attention(decoder: Decoder) -> None:
+    if not decoder.has_attention:
         raise ValueError(f"{decoder.__class__.__name__} has no attention weights to return")
-    return alpha
 
 
-def _run(decoder, feats: Features, max_length: int, choose: Callable[[torch.Tensor], torch.Tensor], attention: bool = False) -> tuple[torch.Tensor, ...]:
+def decode_steps(decoder: Decoder, feats: Features, max_length: int, choose: Callable[[torch.Tensor], torch.Tensor], attention: bool = False) -> tuple[torch.Tensor, ...]:
     """Feed back `choose(logprobs)` until every row said <END> (forced after `max_length` words).
 
     Returns ids (B, L), log-probabilities (B, L) and, with `attention`, the weights (B, L, K) of each step.
     """
+    if attention:
+        _check_attention(decoder)
     batch, device = feature_batch(feats)
     state = decoder.init_state(feats)
     tokens = torch.full((batch,), START, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     seqs, logps, alphas = [], [], []
     for t in range(max_length + 1):  # at most max_length words, then <END>
-        logprobs, state = decoder.step(tokens, state)
+        logprobs, state, alpha = decoder.step(tokens, state)  # (B, V+1), state, (B, K) or None
         if attention:
-            alphas.append(_attention(decoder).masked_fill(done.unsqueeze(1), 0.0))  # (B, K)
+            alphas.append(alpha.masked_fill(done.unsqueeze(1), 0.0))  # (B, K)
         logprobs = _mask_special(logprobs, last=t == max_length)  # (B, V+1)
         tokens = choose(logprobs).masked_fill(done, NULL)  # (B,)
         logps.append(logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1).masked_fill(done, 0.0))
@@ -88,9 +75,9 @@ def _run(decoder, feats: Features, max_length: int, choose: Callable[[torch.Tens
     return (*out, torch.stack(alphas, 1)) if attention else out
 
 
-def greedy(decoder, feats: Features, max_length: int = 16, return_attention: bool = False) -> tuple[torch.Tensor, ...]:
+def greedy(decoder: Decoder, feats: Features, max_length: int = 16, return_attention: bool = False) -> tuple[torch.Tensor, ...]:
     """Return the arg-max caption ids (B, L), their log-probabilities (B, L) [and attention weights (B, L, K)]."""
-    return _run(decoder, feats, max_length, lambda lp: lp.argmax(dim=1), return_attention)
+    return decode_steps(decoder, feats, max_length, lambda lp: lp.argmax(dim=1), return_attention)
 
 
 def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -106,22 +93,25 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch
     return logits
 
 
-def sample(decoder, feats: Features, max_length: int = 16, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None, return_attention: bool = False) -> tuple[torch.Tensor, ...]:
+def sample(decoder: Decoder, feats: Features, max_length: int = 16, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
+           return_attention: bool = False) -> tuple[torch.Tensor, ...]:
     """Sample captions; returns ids (B, L), the model's log-probabilities of the sampled ids (B, L) [and attention (B, L, K)]."""
 
     def choose(logprobs: torch.Tensor) -> torch.Tensor:
         logits = _filter_top_k_top_p(logprobs.detach() / temperature, top_k, top_p)
         return torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)
 
-    return _run(decoder, feats, max_length, choose, return_attention)
+    return decode_steps(decoder, feats, max_length, choose, return_attention)
 
 
-def beam_search(decoder, feats: Features, beam_size: int = 3, max_length: int = 16, length_penalty: float = 0.0, n_best: int = 1, return_attention: bool = False) -> tuple[torch.Tensor, ...]:
+def beam_search(decoder: Decoder, feats: Features, beam_size: int = 3, max_length: int = 16, length_penalty: float = 0.0, n_best: int = 1, return_attention: bool = False) -> tuple[torch.Tensor, ...]:
     """Beam search over the whole batch at once; returns ids (B, n_best, L) and scores (B, n_best).
 
     Scores are summed log-probabilities, divided by ((5 + length) / 6) ** length_penalty when it is > 0.
     With `return_attention`, also the attention weights (B, n_best, L, K) that produced each kept word.
     """
+    if return_attention:
+        _check_attention(decoder)
     batch, device = feature_batch(feats)
     k = beam_size
     state = decoder.select_state(decoder.init_state(feats), torch.arange(batch, device=device).repeat_interleave(k))
@@ -133,9 +123,9 @@ def beam_search(decoder, feats: Features, beam_size: int = 3, max_length: int = 
     offsets = (torch.arange(batch, device=device) * k).unsqueeze(1)  # (B, 1)
     alphas = None
     for t in range(max_length + 1):
-        logprobs, state = decoder.step(tokens, state)
+        logprobs, state, alpha = decoder.step(tokens, state)  # (B*k, V+1), state, (B*k, K) or None
         if return_attention:
-            alpha = _attention(decoder).view(batch, k, 1, -1)  # (B, k, 1, K)
+            alpha = alpha.view(batch, k, 1, -1)  # (B, k, 1, K)
             alphas = alpha if alphas is None else torch.cat([alphas, alpha], dim=2)  # (B, k, t+1, K): beam order before this step's reordering
         logprobs = _mask_special(logprobs, last=t == max_length).view(batch, k, -1)  # (B, k, V+1)
         vocab = logprobs.size(2)
@@ -166,7 +156,7 @@ def beam_search(decoder, feats: Features, beam_size: int = 3, max_length: int = 
 
 
 @torch.no_grad()
-def decode(decoder, feats: Features, opts: DecodeOptions, generator: torch.Generator | None = None, return_attention: bool = False) -> tuple[torch.Tensor, ...]:
+def decode(decoder: Decoder, feats: Features, opts: DecodeOptions, generator: torch.Generator | None = None, return_attention: bool = False) -> tuple[torch.Tensor, ...]:
     """Return `opts.n` captions per image: ids (B, n, L) and scores (B, n) (summed log-probabilities).
 
     With `return_attention` (decoders with `has_attention`), also the attention weights (B, n, L, K) of every word.

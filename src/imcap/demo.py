@@ -6,22 +6,41 @@ import logging
 import time
 from pathlib import Path
 
-from imcap.checkpoint import LAST, atomic_write_json
+from imcap.checkpoint import LAST
+from imcap.files import atomic_write_json
 
 log = logging.getLogger(__name__)
 
+DEMO_THREADS = 2  # fixed, so the demo computes the same numbers on any machine with this torch build
+
 
 def run_demo(out: str | Path = "runs/demo", images: int = 3000, max_iters: int = 1500, seed: int = 123, progress: bool = True) -> dict:
-    """Run the whole pipeline on the synthetic scenes; return the test metrics (also in OUT/metrics.json)."""
+    """Run the whole pipeline on the synthetic scenes; return the test metrics (also in OUT/metrics.json).
+
+    Runs with DEMO_THREADS torch threads and deterministic algorithms, so the numbers do not depend on the machine's core count.
+    """
+
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(DEMO_THREADS)  # the reduction order of CPU kernels depends on the thread count
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _run_demo(Path(out), images, max_iters, seed, progress)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _run_demo(out: Path, images: int, max_iters: int, seed: int, progress: bool) -> dict:
     from imcap.captioner import Captioner, caption_paths
+    from imcap.config import EvalOptions, TrainOptions
     from imcap.data.prepro import PreproOptions, prepro
     from imcap.data.synth import generate_scenes
     from imcap.decoding import DecodeOptions
-    from imcap.config import EvalOptions, TrainOptions
     from imcap.evaluate import run_eval
     from imcap.train import train
 
-    out = Path(out)
     t0 = time.time()
     synth_dir, data_dir, run_dir = out / "synth", out / "data", out / "run"
     log.info("[1/5] synthetic scenes -> %s", synth_dir)

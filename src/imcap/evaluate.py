@@ -6,15 +6,17 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from imcap.config import EvalOptions
 from imcap.data.features import FeatureStore
+from imcap.data.fingerprint import data_fingerprint
 from imcap.data.loader import CaptionDataset, PreproData, ResumableSampler, make_loader
 from imcap.data.vocab import END, NULL, START, tokenize
 from imcap.decoding import DecodeOptions, decode, repeat_features
 from imcap.errors import ImcapError
+from imcap.losses import caption_loss
 from imcap.models.caption_model import CaptionModel
+from imcap.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +38,6 @@ def teacher_forcing_batch(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return inputs, targets.flatten(0, 1)
 
 
-def caption_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over real target tokens (words and <END>), as neuraltalk2's criterion."""
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=NULL)
-
-
 def eval_loader(data: PreproData, split: str, image_size: int, seq_per_img: int, max_images: int, batch_size: int, num_workers: int = 0, features: FeatureStore | None = None, feature_kind: str = "pooled"):
     """An ordered loader over the first `max_images` images of `split` (all when <= 0)."""
     indices = data.split_indices(split)
@@ -51,19 +48,21 @@ def eval_loader(data: PreproData, split: str, image_size: int, seq_per_img: int,
 
 
 @torch.no_grad()
-def evaluate_split(model: CaptionModel, data: PreproData, split: str, decode_opts: DecodeOptions, max_images: int = -1, batch_size: int = 32, seq_per_img: int = 5, device: torch.device | str = "cpu", language_eval: bool = True, progress: bool = True, features: FeatureStore | None = None) -> dict:
+def evaluate_split(model: CaptionModel, data: PreproData, split: str, decode_opts: DecodeOptions, max_images: int = -1, batch_size: int = 32,
+                   seq_per_img: int = 5, device: torch.device | str = "cpu", language_eval: bool = True, progress: bool = True,
+                   features: FeatureStore | None = None) -> dict:
     """Return {"loss", "predictions": [{"image_id", "caption"}], "metrics": {...}} for a split."""
     model.eval()
     device = torch.device(device)
     loader = eval_loader(data, split, model.encoder.input_size, seq_per_img, max_images, batch_size, features=features, feature_kind=model.feature_kind)
     total_loss, batches, predictions = 0.0, 0, []
-    for images, labels, idx in tqdm(loader, desc=f"eval {split}", leave=False, disable=not progress):
+    for images, labels, idx in progress_bar(loader, desc=f"eval {split}", unit="batch", leave=False, disable=not progress):
         images, labels = images.to(device), labels.to(device)
         inputs, targets = teacher_forcing_batch(labels)
         condition = model.condition_for(data, idx.tolist()) if model.conditioned else None
         feats = model.encode_features(images, condition) if features is not None else model.encode(images, condition=condition)
-        logits = model.decoder(repeat_features(feats, inputs.size(1)), inputs.flatten(0, 1))
-        total_loss += float(caption_loss(logits, targets))
+        logprobs = model.decoder(repeat_features(feats, inputs.size(1)), inputs.flatten(0, 1))  # (B*n, T, V+1)
+        total_loss += float(caption_loss(logprobs, targets))
         batches += 1
         seqs, _ = decode(model.decoder, feats, decode_opts)
         for b, i in enumerate(idx.tolist()):
@@ -97,17 +96,31 @@ def blind_cider(data: PreproData, split: str, indices: list[int] | None = None) 
     return caption, language_scores(refs, {k: caption for k in refs}, ("CIDEr",))["CIDEr"]
 
 
+def _check_same_data(data_dir: str, fingerprint: str, ckpt_path: Path) -> None:
+    """`--data` given to eval must hold the data set the model was trained on (by the fingerprint of its prepro files)."""
+    if not data_dir or not fingerprint:
+        return
+    if data_fingerprint(data_dir) != fingerprint:
+        raise ImcapError(f"--data {data_dir}: not the data set {ckpt_path} was trained on (its prepro files differ); "
+                         "evaluate on the model's own data (leave out --data)")
+    log.info("--data %s: the same data set the model was trained on (same fingerprint)", data_dir)
+
+
 def run_eval(opts: EvalOptions) -> dict:
     """Evaluate a checkpoint on a split; write predictions.json, metrics.json and report.html; return the metrics."""
     from imcap.captioner import Captioner
-    from imcap.checkpoint import atomic_write_json, resolve_checkpoint
+    from imcap.export.folder import is_export_folder
+    from imcap.checkpoint import resolve_checkpoint
+    from imcap.files import atomic_write_json
     from imcap.report import write_report
 
-    ckpt_path = resolve_checkpoint(opts.model)
+    ckpt_path = Path(opts.model) if is_export_folder(opts.model) else resolve_checkpoint(opts.model)
+    run_dir = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent
     captioner = Captioner.load(ckpt_path, opts.device)
     data_dir = opts.data or (captioner.info.get("options") or {}).get("data", "")
     if not data_dir:
         raise ImcapError(f"{ckpt_path}: no --data given and the checkpoint does not name its data")
+    _check_same_data(opts.data, captioner.info.get("data_fingerprint") or "", ckpt_path)
     data = PreproData.load(data_dir)
     if data.vocab.idx_to_word != captioner.vocab.idx_to_word:
         raise ImcapError(f"{data_dir}: its vocabulary differs from the model's; evaluate with the data the model was trained on")
@@ -119,8 +132,9 @@ def run_eval(opts: EvalOptions) -> dict:
     result = evaluate_split(captioner.model, data, opts.split, decode_opts, opts.max_images, opts.batch_size, device=captioner.device, progress=opts.progress, features=features)
     indices = data.split_indices(opts.split)[: opts.max_images] if opts.max_images > 0 else data.split_indices(opts.split)
     blind_caption, blind = blind_cider(data, opts.split, indices)
-    metrics = {**result["metrics"], "CIDEr_blind": blind, "blind_caption": blind_caption, "loss": result["loss"], "split": opts.split, "images": len(result["predictions"]), "beam_size": opts.beam_size, "checkpoint": str(ckpt_path)}
-    out = Path(opts.out) if opts.out else ckpt_path.parent / f"eval-{opts.split}"
+    metrics = {**result["metrics"], "CIDEr_blind": blind, "blind_caption": blind_caption, "loss": result["loss"], "split": opts.split,
+               "images": len(result["predictions"]), "beam_size": opts.beam_size, "checkpoint": str(ckpt_path)}
+    out = Path(opts.out) if opts.out else run_dir / f"eval-{opts.split}"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "predictions.json", result["predictions"])
     atomic_write_json(out / "metrics.json", metrics)
@@ -131,7 +145,7 @@ def run_eval(opts: EvalOptions) -> dict:
 
         shown = [by_id[p["image_id"]] for p in result["predictions"][: opts.html_images]]
         add_attention_html(captioner, items, decode_opts, data.condition_texts(shown, captioner.model.args.condition_field) if captioner.model.conditioned else None)
-    curves = ckpt_path.parent / "curves.png"
-    write_report(out / "report.html", f"imcap eval: {ckpt_path.parent.name} on {opts.split}", items, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, curves)
+    curves = run_dir / "curves.png"
+    write_report(out / "report.html", f"imcap eval: {run_dir.name} on {opts.split}", items, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, curves)
     metrics["out"] = str(out)
     return metrics

@@ -1,13 +1,11 @@
 """Reports: training curves (PNG) and self-contained HTML pages of images with their captions."""
 from __future__ import annotations
 
-import base64
 import html
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from imcap.checkpoint import atomic_write, atomic_write_text
+from imcap.files import atomic_write, atomic_write_text, file_data_uri, thumbnail_data_uri
 
 
 def plot_history(history: dict, out: str | Path) -> None:
@@ -41,25 +39,6 @@ def plot_history(history: dict, out: str | Path) -> None:
     plt.close(fig)
 
 
-def _data_uri(path: str | Path, max_side: int = 256) -> str:
-    """An image file as a small PNG data URI (empty string when it cannot be read)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((max_side, max_side))
-            buf = io.BytesIO()
-            im.save(buf, format="PNG")
-    except OSError:
-        return ""
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _png_uri(path: str | Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
-
-
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 table.metrics td,table.metrics th{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:right}
 .grid{display:flex;flex-wrap:wrap;gap:1em}.card{width:260px;border:1px solid #ddd;border-radius:6px;padding:.5em}
@@ -79,13 +58,13 @@ def write_report(out: str | Path, title: str, items: Sequence[dict], metrics: di
         rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{v:.4f}</td></tr>" if isinstance(v, float) else f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in metrics.items())
         parts.append(f"<h2>Scores</h2><table class='metrics'>{rows}</table>")
     if curves and Path(curves).exists():
-        parts.append(f"<h2>Training curves</h2><img src='{_png_uri(curves)}' alt='training curves'>")
+        parts.append(f"<h2>Training curves</h2><img src='{file_data_uri(curves)}' alt='training curves'>")
     parts.append("<h2>Captions</h2><div class='grid'>")
     for it in items:
         refs = "".join(f"<li>{html.escape(r)}</li>" for r in it.get("refs", []))
         score = f" <small>({it['score']:.2f})</small>" if isinstance(it.get("score"), (int, float)) else ""
         parts.append(
-            f"<div class='card'><img src='{_data_uri(it['image'])}' alt='{html.escape(str(Path(it['image']).name))}'>"
+            f"<div class='card'><img src='{thumbnail_data_uri(it['image'])}' alt='{html.escape(str(Path(it['image']).name))}'>"
             f"<div class='pred'>{html.escape(it['caption'])}{score}</div>"
             + (f"<ul class='refs'>{refs}</ul>" if refs else "")
             + it.get("extra_html", "")

@@ -34,7 +34,7 @@ def word_saliency(captioner: Captioner, image: torch.Tensor, tokens: list[int], 
     cond = captioner.condition_ids(condition, 1)
     with torch.enable_grad():
         feats = model.encode(x, train_backbone=True, condition=cond)
-        logprobs = torch.log_softmax(model.decoder(feats, inputs)[0], dim=-1)  # (T, V+1)
+        logprobs = model.decoder(feats, inputs)[0]  # (T, V+1)
         chosen = logprobs.gather(1, targets.unsqueeze(1)).squeeze(1)  # (T,)
         maps = []
         for t in range(len(tokens)):

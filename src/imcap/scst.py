@@ -18,8 +18,9 @@ import torch
 
 from imcap.data.loader import PreproData
 from imcap.data.vocab import END, NULL
-from imcap.decoding import _run, greedy, repeat_features
+from imcap.decoding import decode_steps, greedy, repeat_features
 from imcap.errors import ImcapError
+from imcap.models.decoder import Decoder, Features
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class Samples(NamedTuple):
     entropy: torch.Tensor
 
 
-def sample_with_entropy(decoder, feats, max_length: int, temperature: float = 1.0, with_entropy: bool = False) -> Samples:
+def sample_with_entropy(decoder: Decoder, feats: Features, max_length: int, temperature: float = 1.0, with_entropy: bool = False) -> Samples:
     """Sample one caption per row of `feats` (batched); log-probabilities keep their gradient.
 
     The entropy of each step's distribution is computed only when `with_entropy` (zeros otherwise).
@@ -72,7 +73,7 @@ def sample_with_entropy(decoder, feats, max_length: int, temperature: float = 1.
         probs = (logprobs.detach().float() / temperature).softmax(dim=1)
         return torch.multinomial(probs, 1).squeeze(1)
 
-    seqs, logps = _run(decoder, feats, max_length, choose)  # (N, L), (N, L)
+    seqs, logps = decode_steps(decoder, feats, max_length, choose)  # (N, L), (N, L)
     entropy = torch.stack(entropies, 1) if with_entropy else torch.zeros_like(logps)
     return Samples(seqs, logps, entropy)
 
@@ -81,7 +82,8 @@ def _detach(feats):
     return tuple(f.detach() for f in feats) if isinstance(feats, tuple) else feats.detach()
 
 
-def sample_captions(model, inputs: torch.Tensor, k: int, max_length: int, temperature: float = 1.0, with_entropy: bool = False, train_backbone: bool = True, from_features: bool = False, condition: torch.Tensor | None = None) -> tuple:
+def sample_captions(model, inputs: torch.Tensor, k: int, max_length: int, temperature: float = 1.0, with_entropy: bool = False, train_backbone: bool = True,
+                    from_features: bool = False, condition: torch.Tensor | None = None) -> tuple:
     """Encode once per image, sample `k` captions per image; returns (seqs, logps, entropy, detached features).
 
     Rows are image-major: row b*k + j is sample j of image b. Run it through the training wrapper
@@ -96,7 +98,7 @@ def sample_captions(model, inputs: torch.Tensor, k: int, max_length: int, temper
 
 
 @torch.no_grad()
-def greedy_captions(decoder, feats, max_length: int) -> torch.Tensor:
+def greedy_captions(decoder: Decoder, feats: Features, max_length: int) -> torch.Tensor:
     """Arg-max captions (B, L) with dropout off; the decoder's training mode is restored afterwards."""
     was_training = decoder.training
     decoder.eval()
@@ -219,3 +221,53 @@ class SelfCritical:
         if o.entropy_weight > 0:
             stats["entropy"] = float((entropy.detach().float() * mask).sum() / tokens)
         return loss, stats
+
+
+class SCSTLearningRate:
+    """The language model's learning rate during SCST: `rate`, halved when the baseline reward falls steadily.
+
+    The baseline reward (of the greedy caption; with --sc-baseline mean, the mean sample reward) is averaged
+    over blocks of `window` SCST iterations. When a block's average is below the previous block's `patience`
+    times in a row, the rate is halved and the count starts again: a policy pushed too far by too large a
+    step loses the reward of its greedy caption first. `window` 0 turns the safeguard off.
+    """
+
+    factor = 0.5
+
+    def __init__(self, rate: float, window: int, patience: int) -> None:
+        self.rate = rate
+        self.window = window
+        self.patience = patience
+        self.block: list[float] = []  # baseline rewards of the block being filled
+        self.previous: float | None = None  # the average of the last full block
+        self.falls = 0  # consecutive blocks whose average fell
+        self.last_iteration = -1
+        self.lowered: list[int] = []  # iterations at which the rate was halved
+
+    def step(self, iteration: int, baseline_reward: float) -> float:
+        """Record the (process-averaged) baseline reward of SCST iteration `iteration`, once; return the learning rate for it."""
+        if self.window <= 0 or iteration <= self.last_iteration:
+            return self.rate
+        self.last_iteration = iteration
+        self.block.append(float(baseline_reward))
+        if len(self.block) == self.window:
+            mean = sum(self.block) / self.window
+            self.block = []
+            self.falls = self.falls + 1 if self.previous is not None and mean < self.previous else 0
+            self.previous = mean
+            if self.falls >= self.patience:
+                self.rate *= self.factor
+                self.falls = 0
+                self.lowered.append(iteration)
+                log.warning("iteration %d: the SCST baseline reward fell %d blocks of %d iterations in a row; SCST learning rate lowered to %.3g",
+                            iteration + 1, self.patience, self.window, self.rate)
+        return self.rate
+
+    def state_dict(self) -> dict:
+        """Everything `load_state_dict` needs for an exact resume (plain Python values)."""
+        return {"rate": self.rate, "block": list(self.block), "previous": self.previous, "falls": self.falls, "last_iteration": self.last_iteration, "lowered": list(self.lowered)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`."""
+        self.rate, self.block, self.previous = state["rate"], list(state["block"]), state["previous"]
+        self.falls, self.last_iteration, self.lowered = state["falls"], state["last_iteration"], list(state["lowered"])

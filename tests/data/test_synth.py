@@ -1,7 +1,8 @@
-"""The synthetic scenes data set: layout, caption variety, CIDEr design checks, determinism, boxes."""
+"""The synthetic scenes data set: layout, caption variety, CIDEr design checks, determinism, boxes; hard scenes: truthful counts, relations, occlusion."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -19,6 +20,15 @@ from imcap.data.synth import (
     location,
     relation,
 )
+from imcap.data.synth_hard import (
+    COLORS_HARD,
+    NUMBER_WORDS,
+    PLURALS,
+    TEXTURES,
+    shade,
+    shape_mask,
+)
+from imcap.data.synth_hard import SHAPES as HARD_SHAPES
 from imcap.data.vocab import Vocab, tokenize
 from imcap.errors import ImcapError
 
@@ -70,7 +80,7 @@ def _named(tokens: list[str]) -> list[tuple[str, str]]:
     """Return the (colour, shape) pairs a caption names, in order."""
     return [
         (word, WORD_TO_SHAPE[nxt])
-        for word, nxt in zip(tokens, tokens[1:])
+        for word, nxt in itertools.pairwise(tokens)
         if word in COLORS and nxt in WORD_TO_SHAPE
     ]
 
@@ -265,3 +275,251 @@ def test_cli_synth(tmp_path, capsys):
     assert done.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("imcap: error: --images") and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------ golden output
+
+def _content_hash(root: Path) -> str:
+    """Hash captions.json and the decoded pixels of every image (independent of the PNG encoder's bytes)."""
+    digest = hashlib.sha256((root / "captions.json").read_bytes())
+    for path in sorted((root / "images").iterdir()):
+        digest.update(path.name.encode() + np.asarray(Image.open(path)).tobytes())
+    return digest.hexdigest()
+
+
+def test_normal_scenes_are_unchanged_by_the_hard_difficulty(tmp_path):
+    # Recorded from the generator before `--difficulty` existed (seed 11, 30 images, 64 px): the default
+    # (normal) data set must stay exactly what every earlier run and every recorded number used.
+    generate_scenes(tmp_path / "a", num_images=30, seed=11, progress=False)
+    generate_scenes(tmp_path / "b", num_images=30, seed=11, difficulty="normal", progress=False)
+    assert _content_hash(tmp_path / "a") == "67ab24ff32cfb8bc5eb312cc95d94926e578c0ac02877ed9f6abb7899eabb197"
+    assert _tree_hash(tmp_path / "a") == _tree_hash(tmp_path / "b")
+    assert "difficulty" not in json.loads((tmp_path / "a" / "captions.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------ hard scenes
+
+HARD_IMAGES = 300
+WORD_TO_HARD_SHAPE = {**{s: s for s in HARD_SHAPES}, **{PLURALS[s]: s for s in HARD_SHAPES}}
+NUMBERS = {"a": 1, "an": 1, **{w: n for n, w in enumerate(NUMBER_WORDS)}}
+SIZES = ("small", "large")
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("hard")
+    path = generate_scenes(out, num_images=HARD_IMAGES, seed=SEED, difficulty="hard", progress=False)
+    return out, json.loads(path.read_text())
+
+
+def _masks(im: dict, size: int = 64) -> list[np.ndarray]:
+    return [shape_mask(o["shape"], tuple(o["bbox"]), size) for o in im["objects"]]
+
+
+def _visible(masks: list[np.ndarray]) -> list[np.ndarray]:
+    """Each object's pixels not covered by a later (front) object."""
+    return [m & ~np.logical_or.reduce([np.zeros_like(m), *masks[k + 1:]]) for k, m in enumerate(masks)]
+
+
+def test_hard_layout_and_caption_format(hard):
+    out, data = hard
+    assert (data["dataset"], data["difficulty"], data["image_size"]) == ("imcap-synth", "hard", 64)
+    assert Counter(im["split"] for im in data["images"]) == {"train": 240, "val": 30, "test": 30}
+    assert set(Counter(len(im["objects"]) for im in data["images"])) == {3, 4, 5, 6}
+    objects = [o for im in data["images"] for o in im["objects"]]
+    assert {o["shape"] for o in objects} == set(HARD_SHAPES) and set(HARD_SHAPES) > set(SHAPE_WORDS)
+    assert {o["color"] for o in objects} == set(COLORS_HARD) and set(COLORS_HARD) > set(COLORS)
+    assert {o["texture"] for o in objects} == set(TEXTURES)
+    for im in data["images"]:
+        token_lists = [tuple(s["tokens"]) for s in im["sentences"]]
+        assert len(set(token_lists)) == 5
+        for s in im["sentences"]:
+            assert s["tokens"] == tokenize(s["raw"]) and s["raw"][0].isupper() and s["raw"].endswith(".")
+            assert 2 <= len(s["tokens"]) <= 16
+    with Image.open(out / "images" / "000000.png") as image:
+        assert (image.mode, image.size) == ("RGB", (64, 64))
+
+
+def test_hard_objects_overlap_but_stay_visible(hard):
+    out, data = hard
+    overlapping = textured = 0
+    for im in data["images"][:150]:
+        pixels = np.asarray(Image.open(out / "images" / im["filename"])).astype(int)  # (64, 64, 3)
+        masks = _masks(im)
+        visible = _visible(masks)
+        for obj, mask, seen in zip(im["objects"], masks, visible):
+            rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+            x0, y0, x1, y1 = obj["bbox"]
+            assert (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1) == (x0, y0, x1, y1), obj  # the box is the shape's tight box
+            assert seen.sum() >= 0.6 * mask.sum(), obj
+            color, dark = np.array(COLORS_HARD[obj["color"]]), np.array(shade(obj["color"]))
+            is_color, is_dark = (pixels == color).all(axis=2), (pixels == dark).all(axis=2)  # (64, 64)
+            assert (is_color | is_dark)[seen].all(), obj  # what shows of an object is painted in its tones
+            if obj["texture"] == "plain":
+                assert is_color[seen].all()
+            else:
+                textured += 1
+                assert 0.15 < is_dark[seen].mean() < 0.7, obj
+        for i, a in enumerate(im["objects"]):
+            for j, b in enumerate(im["objects"][:i]):
+                if (masks[i] & masks[j]).any():
+                    overlapping += 1
+                    assert a["color"] != b["color"]
+                if a["color"] == b["color"]:  # one colour never touches itself: every blob is one object
+                    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a["bbox"], b["bbox"]
+                    assert ax1 + 2 <= bx0 or bx1 + 2 <= ax0 or ay1 + 2 <= by0 or by1 + 2 <= ay0
+        background = ~np.logical_or.reduce(masks)
+        for rgb in COLORS_HARD.values():
+            assert not (pixels == rgb).all(axis=2)[background].any()
+    assert overlapping >= 50 and textured >= 100
+
+
+def _referent(tokens: list[str], objects: list[dict]) -> tuple[int, int] | None:
+    """`tokens` starting at "the": (object index, words used) when they name an object by attributes and shape."""
+    named: dict[str, str] = {}
+    for k, word in enumerate(tokens[1:], start=1):
+        if word in HARD_SHAPES:
+            named["shape"] = word
+            matches = [i for i, o in enumerate(objects) if all(o[key] == value for key, value in named.items())]
+            assert len(matches) == 1, (tokens, objects)  # "the ..." always picks out one object
+            return matches[0], k + 1
+        key = "size" if word in SIZES else "texture" if word in TEXTURES else "color" if word in COLORS_HARD else None
+        if key is None:
+            return None
+        named[key] = word
+    return None
+
+
+def _parse(tokens: list[str], objects: list[dict]) -> tuple[list[int], list[tuple[str, ...]]]:
+    """Split a caption into the objects it names with "the ..." and the words around them."""
+    found, between, words, k = [], [], [], 0
+    while k < len(tokens):
+        hit = _referent(tokens[k:], objects) if tokens[k] == "the" else None
+        if hit is None:
+            words.append(tokens[k])
+            k += 1
+            continue
+        found.append(hit[0])
+        between.append(tuple(words))
+        words, k = [], k + hit[1]
+    return found, between + [tuple(words)]
+
+
+def _along(a: dict, b: dict, rel: str) -> tuple[float, float]:
+    """(distance along `rel`'s axis from a to b, offset across it) for "a is `rel` b"."""
+    (ax, ay), (bx, by) = _centre(a), _centre(b)
+    return {"left": (bx - ax, ay - by), "right": (ax - bx, ay - by), "above": (by - ay, ax - bx), "below": (ay - by, ax - bx)}[rel]
+
+
+_HARD_RELATIONS = {
+    ("is", "left", "of"): "left", ("is", "to", "the", "left", "of"): "left",
+    ("is", "right", "of"): "right", ("is", "to", "the", "right", "of"): "right",
+    ("is", "above"): "above", ("is", "below"): "below",
+}
+_IN_FRONT = {("is", "in", "front", "of"): True, ("covers", "part", "of"): True, ("is", "behind"): False, ("is", "partly", "hidden", "by"): False}
+
+
+def test_hard_relations_occlusion_and_textures_are_true(hard):
+    _, data = hard
+    checked = Counter()
+    far = 0
+    for im in data["images"]:
+        objects = im["objects"]
+        masks = _masks(im)
+        for sentence in im["sentences"]:
+            found, words = _parse(sentence["tokens"], objects)
+            if len(found) == 2 and words[1] in _HARD_RELATIONS:
+                a, b = (objects[i] for i in found)
+                along, across = _along(a, b, _HARD_RELATIONS[words[1]])
+                assert along >= 0.2 * 64 and abs(across) <= 0.5 * along, (sentence["raw"], objects)
+                axis = 0 if _HARD_RELATIONS[words[1]] in ("left", "right") else 1
+                lo, hi = sorted((_centre(a)[axis], _centre(b)[axis]))
+                far += any(lo < _centre(c)[axis] < hi for c in objects if c is not a and c is not b)
+                checked["relation"] += 1
+            elif len(found) == 2 and words[1] in _IN_FRONT:
+                front, back = found if _IN_FRONT[words[1]] else found[::-1]
+                assert front > back and (masks[front] & masks[back]).any(), (sentence["raw"], objects)
+                checked["occlusion"] += 1
+            elif len(found) == 3 and words[1:3] == [("is", "between"), ("and",)]:
+                a, b, c = (objects[i] for i in (found[1], found[0], found[2]))  # "the b is between the a and the c"
+                assert any(
+                    all(along >= 0.2 * 64 and abs(across) <= 0.5 * along for along, across in (_along(a, b, rel), _along(b, c, rel)))
+                    for rel in ("left", "above")
+                ), (sentence["raw"], objects)
+                checked["between"] += 1
+            elif len(found) == 1 and words[1][:1] == ("has",):
+                assert {"stripes": "striped", "dots": "dotted", "checks": "checked"}[words[1][1]] == objects[found[0]]["texture"]
+                checked["texture"] += 1
+            elif len(found) == 1 and words[1][:1] == ("is",):
+                assert words[1][1:] and location(_Box(objects[found[0]]["bbox"]), 64) == " ".join(words[1][1:])
+                checked["location"] += 1
+            else:
+                assert not found, sentence["raw"]  # every caption that names objects with "the" was checked above
+    assert min(checked.values()) >= 20 and len(checked) == 5, checked
+    assert far >= 0.5 * checked["relation"]  # most relations skip over another object
+
+
+class _Box:
+    def __init__(self, bbox: list[int]) -> None:
+        self.center = ((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
+
+
+def _counted(tokens: list[str]) -> list[tuple[int, dict, str]]:
+    """Every counted phrase: (number, attributes, noun) for "three red squares", "a striped shape", "five shapes"."""
+    out = []
+    for k, word in enumerate(tokens):
+        if word not in NUMBERS or (k > 0 and tokens[k - 1] == "the"):
+            continue
+        attrs, j = {}, k + 1
+        while j < len(tokens) and (tokens[j] in COLORS_HARD or tokens[j] in TEXTURES or tokens[j] == "different"):
+            attrs["color" if tokens[j] in COLORS_HARD else "texture" if tokens[j] in TEXTURES else "different"] = tokens[j]
+            j += 1
+        if j < len(tokens) and (tokens[j] in WORD_TO_HARD_SHAPE or tokens[j] in ("shape", "shapes", "objects")):
+            out.append((NUMBERS[word], attrs, tokens[j]))
+    return out
+
+
+def test_hard_counts_match_the_drawn_objects(hard):
+    _, data = hard
+    checked = Counter()
+    for im in data["images"]:
+        objects = im["objects"]
+        for sentence in im["sentences"]:
+            for number, attrs, noun in _counted(sentence["tokens"]):
+                if attrs.pop("different", None):
+                    assert number == len(objects) and len({(o["color"], o["shape"]) for o in objects}) == number
+                if noun in WORD_TO_HARD_SHAPE:
+                    attrs["shape"] = WORD_TO_HARD_SHAPE[noun]
+                actual = sum(all(o[key] == value for key, value in attrs.items()) for o in objects)
+                assert actual == number, (sentence["raw"], objects)
+                checked[number] += 1
+    assert set(checked) == {1, 2, 3, 4, 5, 6} and checked[3] >= 50, checked
+
+
+def test_hard_vocabulary_is_larger(hard, synth):
+    hard_words = {w for im in hard[1]["images"] for s in im["sentences"] for w in s["tokens"]}
+    normal_words = {w for im in synth[1]["images"] for s in im["sentences"] for w in s["tokens"]}
+    assert len(hard_words) >= len(normal_words) + 15
+    for word in ("between", "front", "behind", "striped", "dotted", "checked", "four", "five", "six", "hexagons", "hearts"):
+        assert word in hard_words, word
+
+
+def test_hard_same_seed_same_bytes(tmp_path):
+    first = generate_scenes(tmp_path / "a", num_images=20, seed=4, difficulty="hard", progress=False).parent
+    second = generate_scenes(tmp_path / "b", num_images=20, seed=4, difficulty="hard", progress=False).parent
+    other = generate_scenes(tmp_path / "c", num_images=20, seed=5, difficulty="hard", progress=False).parent
+    assert _tree_hash(first) == _tree_hash(second) != _tree_hash(other)
+
+
+def test_cli_synth_difficulty(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["synth", "--out", str(tmp_path / "d"), "--images", "6", "--difficulty", "hard"])
+    assert done.value.code == 0
+    assert json.loads((tmp_path / "d" / "captions.json").read_text())["difficulty"] == "hard"
+    capsys.readouterr()
+    for bad in (["--difficulty", "extreme"], ["--difficulty", "hard", "--task", "vqa"]):
+        with pytest.raises(SystemExit) as done:
+            main(["synth", "--out", str(tmp_path / "e"), "--images", "6", *bad])
+        assert done.value.code == 2
+        err = capsys.readouterr().err
+        assert "--difficulty" in err and err.count("\n") == 1, err

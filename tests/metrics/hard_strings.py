@@ -291,9 +291,30 @@ ENTITIES_MISC = [
     "50/50 chance",
 ]
 
+# Near the edges of the tokenizer's fast path for plain captions (words, hyphens, commas, final period).
+PLAIN_EDGES = [
+    "A man in a T-Shirt , a x-ray and a merry-go-round .",
+    "Dogs, cats , birds,",
+    "A dog, a cat, .",
+    "We cannot go, they gonna go and she wanna gimme , lemme x gotta .",
+    "Cannot. GONNA wannabe gonnaa x-gonna gonna-be cannot-",
+    "A sign for Mr",
+    "He saw Mr.",
+    "They live in St.",
+    "A man wearing a t-shirt.",
+    "It is a,b and a-,b",
+    "pre-war and anti-war, pro-life",
+    "ends with a hyphen-",
+    "-starts with a hyphen",
+    ", starts with a comma",
+    "a , , b ,, c",
+    "Room 3 1/2 and 555 1234 and 12 345 6789 and no. 5 and No 5",
+    "a 5 b 6 . 7",
+]
+
 HARD_STRINGS: list[str] = (
     CONTRACTIONS + QUOTES + BRACKETS + HYPHENS_DASHES + ELLIPSES_PUNCT + NUMBERS_CURRENCY + URLS
-    + ABBREVIATIONS + UNICODE_WHITESPACE + ENTITIES_MISC
+    + ABBREVIATIONS + UNICODE_WHITESPACE + ENTITIES_MISC + PLAIN_EDGES
 )
 
 # Line breaks other than "\n": the Java tool splits the caption into several output lines.

@@ -9,27 +9,29 @@ import pytest
 
 from imcap.errors import ImcapError
 from imcap.metrics import Bleu, Cider, CiderD, DocumentFrequency, Rouge, evaluate, metric_names, score
-from imcap.metrics.rouge import _lcs_python, lcs_lengths
-from imcap.metrics._ngrams import encode
+from imcap.metrics._corpus import ImageLayout, image_major
+from imcap.metrics._ngrams import Vocabulary, encode
+from imcap.metrics.rouge import _lcs_python, lcs_with_hypotheses
 
 WORDS = ["a", "dog", "the", "cat", "runs", "on", "grass", "red", "big", "x"]
 
 
-def _sentence(rng: random.Random) -> str:
+def _sentence(rng: random.Random, awkward: bool = True) -> str:
     kind = rng.random()
-    if kind < 0.05:
+    if kind < 0.05 and awkward:
         return ""
     if kind < 0.1:
         return " ".join(rng.choice(WORDS[:3]) for _ in range(rng.randint(65, 140)))  # > 64 tokens
-    if kind < 0.15:
+    if kind < 0.15 and awkward:
         return rng.choice(["a  dog", " a dog", "a dog ", "a\u00a0dog runs", "dog\tdog", "a a a a"])
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 14)))
 
 
-def synthetic(seed: int, n_images: int) -> tuple[dict, dict]:
+def synthetic(seed: int, n_images: int, awkward: bool = True) -> tuple[dict, dict]:
+    """Images with 1-6 references; `awkward` adds empty captions and double, leading or other spaces."""
     rng = random.Random(seed)
-    gts = {f"img{i}": [_sentence(rng) for _ in range(rng.randint(1, 6))] for i in range(n_images)}
-    res = {k: [_sentence(rng)] for k in gts}
+    gts = {f"img{i}": [_sentence(rng, awkward) for _ in range(rng.randint(1, 6))] for i in range(n_images)}
+    res = {k: [_sentence(rng, awkward)] for k in gts}
     return gts, res
 
 
@@ -47,12 +49,37 @@ def test_against_pycocoevalcap_python_scorers(pycoco, seed, n_images):
         np.testing.assert_allclose(np.asarray(ours[1], float), np.asarray(theirs[1], float), rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("seed, awkward", [(3, True), (9, True), (4, False)])
+def test_evaluate_on_pretokenized_captions(pycoco, seed, awkward):
+    # evaluate() codes the words once for all metrics; captions with empty tokens, double or other
+    # spaces make split() and split(" ") differ, and it must then code them twice, like pycocoevalcap.
+    from pycocoevalcap.bleu.bleu import Bleu as PBleu
+    from pycocoevalcap.cider.cider import Cider as PCider
+    from pycocoevalcap.rouge.rouge import Rouge as PRouge
+
+    gts, res = synthetic(seed, 200, awkward)
+    out = evaluate(gts, {k: v[0] for k, v in res.items()}, ["Bleu", "ROUGE_L", "CIDEr"], tokenize=False)
+    bleu = PBleu(4).compute_score(gts, res, verbose=0)
+    for name, (corpus, per_image) in [(f"Bleu_{k + 1}", (bleu[0][k], bleu[1][k])) for k in range(4)] + [
+            ("ROUGE_L", PRouge().compute_score(gts, res)), ("CIDEr", PCider().compute_score(gts, res))]:
+        assert out.corpus[name] == pytest.approx(corpus, abs=1e-9, rel=0)
+        np.testing.assert_allclose([out.per_image[k][name] for k in gts], per_image, rtol=0, atol=1e-9)
+
+
 def test_lcs_matches_dynamic_programming():
+    # Each reference against its image's hypothesis: bit-parallel in NumPy, and on Python integers for
+    # hypotheses over 64 tokens or references over 256.
     rng = random.Random(5)
-    sents = [[rng.choice("abcd") for _ in range(rng.randint(0, 90))] for _ in range(200)]
-    ids, lengths = encode(sents)
-    first = np.array([rng.randrange(200) for _ in range(300)])
-    second = np.array([rng.randrange(200) for _ in range(300)])
+
+    def sentence() -> list[str]:
+        n = rng.choice([0, 1, 3, 10, 40, 64, 65, 90, 300]) if rng.random() < 0.3 else rng.randint(1, 20)
+        return [rng.choice("abcd") for _ in range(n)]
+
+    hyps = [sentence() for _ in range(120)]
+    refs = [[sentence() for _ in range(rng.randint(1, 4))] for _ in hyps]
+    vocab = Vocabulary()
+    ids, lengths = encode(image_major(hyps, refs), vocab)
+    layout = ImageLayout(np.array([len(r) for r in refs]), lengths)
 
     def dp(a: list, b: list) -> int:
         prev = [0] * (len(b) + 1)
@@ -63,8 +90,8 @@ def test_lcs_matches_dynamic_programming():
             prev = cur
         return prev[-1]
 
-    got = lcs_lengths(ids, lengths, first, second)
-    assert got.tolist() == [dp(sents[a], sents[b]) for a, b in zip(first, second)]
+    got = lcs_with_hypotheses(ids, layout, len(vocab))
+    assert got.tolist() == [dp(h, r) for h, rs in zip(hyps, refs) for r in rs]
     assert _lcs_python([1, 2, 3, 2], [2, 2, 3]) == 2
 
 

@@ -56,24 +56,57 @@ def _random_captions(seed: int, n: int) -> list[str]:
             for _ in range(n)]
 
 
-def test_fast_paths_and_caches_equal_the_plain_lexer(flickr8k_or_empty):
-    # Lexing the whole file at once, as the Java tool does, is the reference; the tokenizer's
-    # per-caption fast paths and chunk caches must give the same lines.
-    captions = _random_captions(0, 3000) + flickr8k_or_empty[:5000] + HARD_STRINGS
-    lines = [c.replace("\n", " ") for c in captions]
+def _lexed_whole(captions: list[str]) -> list[str]:
+    """The reference: the whole file lexed at once, as the Java tool does, then pycocoevalcap's post-processing."""
     expected, current = [], []
-    for t in lex("\n".join(lines)):
+    for t in lex("\n".join(c.replace("\n", " ") for c in captions)):
         if t == "\n":
             expected.append(_postprocess(current))
             current = []
         else:
             current.append(t.lower())
     expected.append(_postprocess(current))
+    return expected
+
+
+def test_fast_paths_and_caches_equal_the_plain_lexer(flickr8k_or_empty):
+    # Lexing the whole file at once, as the Java tool does, is the reference; the tokenizer's
+    # per-caption fast paths and chunk caches must give the same lines.
+    captions = _random_captions(0, 3000) + flickr8k_or_empty[:5000] + HARD_STRINGS
+    expected = _lexed_whole(captions)
     tokenizer = PTBTokenizer()
     for _ in range(2):  # the second pass runs on warm caches
         got = tokenizer.tokenize_captions(captions)
         bad = [(c, e, g) for c, e, g in zip(captions, expected, got) if e != g]
         assert not bad, f"{len(bad)} differ, e.g. {bad[:3]}"
+
+
+def _plain_path_captions(seed: int, n: int) -> list[str]:
+    """Captions built mostly of what the batch fast path handles, with the cases it must hand to the lexer."""
+    words = ("a", "dog", "The", "I", "U", "Mr", "etc", "Inc", "St", "no", "co", "Ltd", "e", "s", "cannot", "Cannot",
+             "gonna", "GOTTA", "lemme", "gimme", "wanna", "wannabe", "xgonna", "t-shirt", "T-Shirt", "pro-life",
+             "gonna-be", "x-gonna", "a-b-c", "Jan", "al", "vs", "Ph", "Pa", "La", "Miss", "Jr", "em", "til", "5")
+    seps = (" ",) * 8 + (", ", " , ", ",", "-", "  ", " ,", ".", ". ", " . ", "'", " '")
+    ends = ("", "", ".", " .", ",", " ,", ", .", "-", "..", " ", "!")
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        caption = rng.choice(words)
+        for _ in range(rng.randint(0, 7)):
+            caption += rng.choice(seps) + rng.choice(words)
+        caption += rng.choice(ends)
+        out.append(rng.choice((" ", ",", ", ", "-", ". ")) + caption if rng.random() < 0.03 else caption)
+    return out
+
+
+def test_batch_fast_path_equals_the_plain_lexer():
+    # Lines the batch classifier calls plain (words, hyphens, commas, a final period) must come out as the
+    # lexer has them; the rest (split words, abbreviations at the end, ...) must be handed to the lexer.
+    captions = _plain_path_captions(1, 4000)
+    expected = _lexed_whole(captions)
+    got = PTBTokenizer().tokenize_captions(captions)
+    bad = [(c, e, g) for c, e, g in zip(captions, expected, got) if e != g]
+    assert not bad, f"{len(bad)} differ, e.g. {bad[:3]}"
 
 
 @pytest.fixture()

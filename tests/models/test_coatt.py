@@ -31,11 +31,10 @@ def test_fused_teacher_forcing_equals_stepping(rnn_type, layers):
     m = make(rnn_type, layers)
     feats = (torch.randn(3, K, C), torch.tensor([[2, 0], [3, 4], [5, 0]]))
     tokens = torch.randint(4, V + 1, (3, 6))
-    fused = m(feats, tokens)
-    fused_alphas = m.last_alphas
-    stepped = unroll(m, feats, tokens)
+    fused, fused_alphas = m.forward_with_attention(feats, tokens)
+    stepped, stepped_alphas = unroll(m, feats, tokens)
     torch.testing.assert_close(fused, stepped, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(fused_alphas, m.last_alphas, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fused_alphas, stepped_alphas, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(fused.exp().sum(2), torch.ones(3, 6))
     torch.testing.assert_close(fused_alphas.sum(2), torch.ones(3, 6))
 
@@ -56,9 +55,9 @@ def test_the_condition_changes_the_prediction_and_the_attention():
     m = make(seed=2)
     v = torch.randn(1, K, C).expand(2, -1, -1)
     feats = (v, torch.tensor([[2], [5]]))
-    lp, _ = m.step(torch.full((2,), START), m.init_state(feats))
+    lp, _, alpha = m.step(torch.full((2,), START), m.init_state(feats))
     assert not torch.allclose(lp[0], lp[1])
-    assert not torch.allclose(m.last_alpha[0], m.last_alpha[1])
+    assert not torch.allclose(alpha[0], alpha[1])
     pad_only = m.embed_condition(torch.tensor([[COND_PAD, COND_PAD]]))
     assert torch.equal(pad_only, torch.zeros_like(pad_only))
 

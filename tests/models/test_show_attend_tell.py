@@ -4,7 +4,8 @@ import torch
 
 from imcap.data.vocab import END, NULL, START
 from imcap.decoding import DecodeOptions, beam_search, decode, greedy, sample
-from imcap.models.attention import ShowAttendTell, attention_penalty
+from imcap.losses import attention_penalty
+from imcap.models.attention import ShowAttendTell
 from imcap.models.scheduled import unroll
 
 V, C, K = 20, 7, 9
@@ -26,51 +27,51 @@ def test_step_shapes_and_attention_distribution(rnn_type, layers):
     m = make(rnn_type, layers)
     feats = torch.randn(3, K, C)
     state = m.init_state(feats)
-    assert all(s.size(1) == 3 for s in state)
-    logprobs, state = m.step(torch.full((3,), START), state)
+    core, v, v_att = state
+    assert all(s.shape == (layers, 3, 10) for s in core) and v.size(0) == v_att.size(0) == 3
+    logprobs, state, alpha = m.step(torch.full((3,), START), state)
     assert logprobs.shape == (3, V + 1)
     torch.testing.assert_close(logprobs.exp().sum(1), torch.ones(3))
-    assert m.last_alpha.shape == (3, K)
-    torch.testing.assert_close(m.last_alpha.sum(1), torch.ones(3))
+    assert alpha.shape == (3, K)
+    torch.testing.assert_close(alpha.sum(1), torch.ones(3))
     # The attention looks at the content: permuting the regions permutes the weights.
     perm = torch.randperm(K)
-    m.step(torch.full((3,), START), m.init_state(feats))
-    a = m.last_alpha
-    m.step(torch.full((3,), START), m.init_state(feats[:, perm]))
-    torch.testing.assert_close(m.last_alpha, a[:, perm])
+    _, _, permuted = m.step(torch.full((3,), START), m.init_state(feats[:, perm]))
+    torch.testing.assert_close(permuted, alpha[:, perm])
 
 
 @torch.no_grad()
 def test_forward_equals_stepping_and_keeps_alphas():
     m = make()
     feats, tokens = torch.randn(2, K, C), torch.randint(4, V + 1, (2, 5))
-    out = m(feats, tokens)
-    assert out.shape == (2, 5, V + 1) and m.last_alphas.shape == (2, 5, K)
+    out, alphas = m.forward_with_attention(feats, tokens)
+    assert out.shape == (2, 5, V + 1) and alphas.shape == (2, 5, K)
+    torch.testing.assert_close(m(feats, tokens), out)
     state = m.init_state(feats)
     for t in range(5):
-        lp, state = m.step(tokens[:, t], state)
+        lp, state, alpha = m.step(tokens[:, t], state)
         torch.testing.assert_close(out[:, t], lp)
-        torch.testing.assert_close(m.last_alphas[:, t], m.last_alpha)
+        torch.testing.assert_close(alphas[:, t], alpha)
 
 
 def test_attention_penalty_values():
-    m = make()
     targets = torch.tensor([[5, 6, END, NULL]])
-    m.last_alphas = torch.zeros(1, 4, 3)
-    m.last_alphas[0, :, 0] = 1.0  # every step looks at region 0, including the padded one (ignored)
+    alphas = torch.zeros(1, 4, 3)
+    alphas[0, :, 0] = 1.0  # every step looks at region 0, including the padded one (ignored)
     # Region 0 gets 3 (from the 3 real steps), regions 1 and 2 get 0: ((1-3)^2 + 1 + 1) / 3 = 2.
-    assert float(attention_penalty(m, targets, 0.5)) == pytest.approx(0.5 * 2.0)
-    assert attention_penalty(m, targets, 0.0) == 0.0
-    m.last_alphas = torch.full((1, 4, 3), 1 / 3)
-    m.last_alphas[0, 3] = 0.0
-    assert float(attention_penalty(m, targets, 1.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(attention_penalty(alphas, targets, 0.5)) == pytest.approx(0.5 * 2.0)
+    assert attention_penalty(alphas, targets, 0.0) == 0.0
+    assert attention_penalty(None, targets, 1.0) == 0.0  # a decoder without attention
+    alphas = torch.full((1, 4, 3), 1 / 3)
+    alphas[0, 3] = 0.0
+    assert float(attention_penalty(alphas, targets, 1.0)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_penalty_gradient_reaches_the_attention():
     m = make().train()
     feats, tokens = torch.randn(2, K, C), torch.randint(4, V + 1, (2, 4))
-    m(feats, tokens)
-    attention_penalty(m, tokens, 1.0).backward()
+    _, alphas = m.forward_with_attention(feats, tokens)
+    attention_penalty(alphas, tokens, 1.0).backward()
     assert m.att_w.weight.grad.abs().sum() > 0
 
 
@@ -92,8 +93,7 @@ def test_greedy_and_sample_return_attention_rows_for_each_token():
 def teacher_forced_alphas(m, feats, seq):
     """The attention weights of one sequence (L,) replayed by teacher forcing."""
     tokens = [t for t in seq.tolist() if t != NULL]
-    unroll(m, feats, torch.tensor([[START, *tokens[:-1]]]))
-    return m.last_alphas[0]
+    return unroll(m, feats, torch.tensor([[START, *tokens[:-1]]]))[1][0]
 
 
 @torch.no_grad()

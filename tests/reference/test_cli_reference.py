@@ -73,8 +73,8 @@ def test_train_builtin_set_uses_real_flickr8k_captions(capsys):
      "c.npy: word ids outside the 5-word vocabulary"),
     (["--features", "{tmp}/f.npy", "--captions", "{tmp}/c.npy", "--vocab", "{tmp}/nope.json"],
      "nope.json: vocabulary file not found"),
-    (["--num-train", "0"], "--num-train: must be at least 1"),
-    (["--cell", "transformer"], "argument --cell: invalid choice"),
+    (["--num-train", "0"], "--num-train must be >= 1 (got 0)"),
+    (["--cell", "transformer"], "--cell must be one of rnn, lstm, gru"),
 ])
 def test_bad_input_is_one_line_error(tmp_path, capsys, args, message):
     np.save(tmp_path / "f.npy", np.zeros((2, 3)))

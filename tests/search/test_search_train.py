@@ -53,7 +53,7 @@ def test_run_directory_is_not_overwritten(search_runs, tiny_data, search_options
 
 @pytest.mark.parametrize("override, problem", [
     ({"data": ""}, "--data is required"),
-    ({"model": "clip"}, "--model clip"),
+    ({"model": "clip"}, "--model must be one of gna, dual"),
     ({"batch_size": 1}, "--batch-size"),
     ({"neg_time": 0}, "--neg-time"),
 ])

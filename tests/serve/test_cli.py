@@ -23,8 +23,8 @@ def _exit_code(argv: list[str]) -> int:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--max-batch", "0"], "--max-batch must be at least 1"),
-        (["--timeout", "-1"], "--timeout must be positive"),
+        (["--max-batch", "0"], "--max-batch must be >= 1 (got 0)"),
+        (["--timeout", "-1"], "--timeout must be > 0.0 (got -1.0)"),
         (["--search-index", "no/such/index"], "no/such/index"),
     ],
 )

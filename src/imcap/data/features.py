@@ -2,7 +2,7 @@
 
 A features directory is one of:
 - written by `imcap features`: meta.json + pooled.npy (N, D) and/or spatial.npy (N, K, C), fp16,
-  memory-mapped, rows in the order of meta["ids"];
+  read through a memory map, rows in the order of meta["ids"];
 - per-image region features: `<image_id>.npy` (K, D) or `<image_id>.npz` (array "features" or the first one);
 - an HDF5 file (or a folder holding exactly one `*.h5`/`*.hdf5`) with one (K, D) dataset per image id.
 """
@@ -96,7 +96,7 @@ class FeatureStore:
         """Float32 features of one image: (D,) for "pooled", (K, C) for "spatial"."""
         if self.kind == "imcap":
             if kind not in self.arrays:
-                raise ImcapError(f"{self.path}: has no {kind} features (it has {', '.join(self.arrays)}); rerun `imcap features` with --kinds {kind}")
+                raise ImcapError(f"{self.path}: has no {kind} features (it has {', '.join(self.arrays)}); rerun `imcap features` with --store {kind} (or both)")
             if image_id not in self.row:
                 raise ImcapError(f"{self.path}: no features for image {image_id!r}; were they extracted from this data set?")
             return torch.from_numpy(np.asarray(self.arrays[kind][self.row[image_id]], dtype=np.float32))

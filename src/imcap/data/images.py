@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ MAX_PIXELS = 89_478_485  # PIL's own default limit (about 9459 x 9459)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "PA")
 # What PIL raises while decoding a damaged file.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError)
 
 
 def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -30,9 +31,9 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     with _open(path, max_pixels) as img:
         try:
             img.load()
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             raise ImcapError(f"{path}: corrupt or truncated image ({_reason(exc)})") from None
-        return to_rgb(_upright(img, path))
+        return to_rgb(upright(img, path))
 
 
 def check_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
@@ -75,30 +76,60 @@ def image_to_tensor(img: Image.Image, size: int) -> torch.Tensor:
 
 def find_images(paths: list[str]) -> list[Path]:
     """Return the sorted image files named by `paths`: files, folders (searched recursively) and glob patterns."""
+    return collect_images(paths)[0]
+
+
+def collect_images(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The sorted image files named by `paths` (files, folders searched recursively, glob patterns), and
+    (file, problem) for every file found there that cannot be read as one: broken symbolic links,
+    unreadable files and, inside folders, files without an image extension.
+    """
     found: set[Path] = set()
+    passed_over: dict[Path, str] = {}
+
+    def consider(path: Path, by_extension: bool) -> None:
+        problem = _not_an_image(path, by_extension)
+        if problem is None:
+            found.add(path)
+        elif problem:
+            passed_over[path] = problem
+
     for raw in paths:
         if glob.has_magic(raw):
             matches = [Path(m) for m in glob.glob(raw, recursive=True)]
             if not matches:
                 raise ImcapError(f"{raw}: pattern matches no files")
             for m in matches:
-                found.update(_images_in(m) if m.is_dir() else [m])
+                for f in m.rglob("*") if m.is_dir() else [m]:
+                    consider(f, by_extension=m.is_dir())
             continue
         p = Path(raw)
         if p.is_dir():
-            images = _images_in(p)
-            if not images:
+            before = len(found)
+            for f in p.rglob("*"):
+                consider(f, by_extension=True)
+            if len(found) == before:
                 raise ImcapError(f"{p}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-            found.update(images)
-        elif p.exists():
-            found.add(p)
+        elif p.exists() or p.is_symlink():
+            consider(p, by_extension=False)
         else:
             raise ImcapError(f"{p}: file not found")
-    return sorted(found)
+    return sorted(found), sorted((str(f), problem) for f, problem in passed_over.items())
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+def _not_an_image(path: Path, by_extension: bool) -> str | None:
+    """Why `path` cannot be read as an image ("" for a folder, which is searched instead), or None."""
+    if path.is_symlink() and not path.exists():
+        return f"broken symbolic link (to {os.readlink(path)})"
+    if path.is_dir():
+        return ""
+    if not path.is_file():
+        return "not a regular file"
+    if by_extension and path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image file ({path.suffix or 'no extension'})"
+    if not os.access(path, os.R_OK):
+        return "not readable (permission denied)"
+    return None
 
 
 def _open(path: Path, max_pixels: int) -> Image.Image:
@@ -115,7 +146,7 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         raise ImcapError(f"{path}: not an image (unknown or unsupported format)") from None
     except Image.DecompressionBombError as exc:
         raise ImcapError(f"{path}: too many pixels, refused as a possible decompression bomb ({exc})") from None
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise ImcapError(f"{path}: corrupt or truncated image ({_reason(exc)})") from None
     width, height = img.size
     if width * height > max_pixels:
@@ -128,11 +159,11 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     return img
 
 
-def _upright(img: Image.Image, path: Path) -> Image.Image:
+def upright(img: Image.Image, path: Path) -> Image.Image:
     """Apply the EXIF orientation tag; a broken EXIF block leaves the image as stored."""
     try:
         return ImageOps.exif_transpose(img)
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         log.debug("%s: ignoring unreadable EXIF orientation (%s)", path, exc)
         return img
 

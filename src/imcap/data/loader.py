@@ -6,6 +6,8 @@ batches an uninterrupted run would have seen, whatever the number of DataLoader 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,15 +17,19 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from imcap.data.features import FeatureStore
 from imcap.data.images import image_to_tensor, load_image
+from imcap.data.store import ImageStore
 from imcap.data.vocab import Vocab
 from imcap.errors import ImcapError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
 
 @dataclass
 class PreproData:
-    """What `imcap prepro` wrote: the image table, the label matrix (memory-mapped) and the vocabulary."""
+    """What `imcap prepro` wrote: the image table, the label matrix (memory-mapped), the vocabulary and,
+    when `imcap prepro --image-store` built one, the prepared image store that images are read from."""
 
     root: Path
     image_root: Path
@@ -31,6 +37,7 @@ class PreproData:
     labels: np.ndarray  # (num_captions, max_length) int32, 0-padded
     vocab: Vocab
     max_length: int
+    store: ImageStore | None = None
 
     @classmethod
     def load(cls, data_dir: str | Path) -> PreproData:
@@ -50,7 +57,13 @@ class PreproData:
             labels = np.load(root / "labels.npy", mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise ImcapError(f"{root / 'labels.npy'}: cannot read labels ({exc.__class__.__name__})") from None
-        return cls(root, image_root, images, labels, Vocab.load(root / "vocab.json"), max_length)
+        store = ImageStore.find(root)
+        if store is not None:
+            missing = store.missing([im["file_path"] for im in images])
+            if missing:
+                raise ImcapError(f"{store.path}: {len(missing)} of {len(images)} images are not in the image store (first: {missing[0]}); "
+                                 f"run `imcap prepro --image-store {store.size}` again, or delete {store.path}")
+        return cls(root, image_root, images, labels, Vocab.load(root / "vocab.json"), max_length, store)
 
     def split_indices(self, split: str) -> list[int]:
         """Indices of the images of `split` (Karpathy's restval counts as train)."""
@@ -60,6 +73,12 @@ class PreproData:
     def image_path(self, i: int) -> Path:
         """Absolute path of image `i`."""
         return self.image_root / self.images[i]["file_path"]
+
+    def image_tensor(self, i: int, size: int) -> torch.Tensor:
+        """Image `i` as a float tensor (3, size, size) in [0, 1]: from the image store when there is one, else the file."""
+        if self.store is not None:
+            return image_to_tensor(self.store.load(self.images[i]["file_path"], min_side=size), size)
+        return image_to_tensor(load_image(self.image_path(i)), size)
 
     def captions_of(self, i: int) -> np.ndarray:
         """Label rows (n, max_length) of image `i`."""
@@ -99,6 +118,9 @@ class CaptionDataset(Dataset):
         self.epoch = 0
         self.features = features
         self.feature_kind = feature_kind
+        if features is None and data.store is not None and data.store.size < image_size:
+            log.warning("%s: images are stored with a shorter side of %d pixels and read at %d: build the store with "
+                        "`imcap prepro --image-store %d` or more for full detail", data.store.path, data.store.size, image_size, image_size)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -108,7 +130,7 @@ class CaptionDataset(Dataset):
         if self.features is not None:
             image = self.features.get(self.data.images[i]["id"], self.feature_kind)
         else:
-            image = image_to_tensor(load_image(self.data.image_path(i)), self.image_size)
+            image = self.data.image_tensor(i, self.image_size)
         caps = self.data.captions_of(i)  # (n, L)
         rng = np.random.default_rng([self.seed, self.epoch, i])  # same choice on resume, in any worker
         n = caps.shape[0]
@@ -153,15 +175,53 @@ class ResumableSampler(Sampler[int]):
         return len(self.shard())
 
 
-def make_loader(dataset: CaptionDataset, batch_size: int, sampler: Sampler, num_workers: int = 0, drop_last: bool = False) -> DataLoader:
-    """A DataLoader that never touches the global torch RNG (so resume is exact)."""
+AUTO_WORKERS = -1  # `--num-workers -1`: choose workers, pinned memory and prefetch from the machine
+MIN_ITEMS_FOR_WORKERS = 512  # fewer items than this: starting workers costs more than it saves
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How a DataLoader feeds the model: worker processes, pinned memory, batches prefetched per worker."""
+
+    num_workers: int
+    pin_memory: bool
+    prefetch_factor: int | None
+
+
+def loader_settings(num_workers: int, items: int, reads_images: bool = True, cuda: bool | None = None) -> LoaderSettings:
+    """The settings for a loader of `items` items: `num_workers` >= 0 as given; -1 (auto) chosen here.
+
+    Auto: no workers for precomputed features (memory-mapped reads) or under 512 items; otherwise one
+    worker per core this process may use (cores / processes on this node under torchrun), at most 8,
+    leaving a core to the training process when there are more than 2, and 4 batches prefetched per
+    worker. Memory is pinned when batches go to a CUDA GPU.
+    """
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if num_workers < 0:
+        cores = max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        busy = reads_images and items >= MIN_ITEMS_FOR_WORKERS
+        num_workers = min(8, cores - 1 if cores > 2 else cores) if busy else 0
+        return LoaderSettings(num_workers, cuda, 4 if num_workers else None)
+    return LoaderSettings(num_workers, cuda, None)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler, num_workers: int = 0, drop_last: bool = False, collate_fn=None) -> DataLoader:
+    """A DataLoader that never touches the global torch RNG (so resume is exact); `num_workers` -1: auto (`loader_settings`)."""
+    settings = loader_settings(num_workers, len(sampler), reads_images=getattr(dataset, "features", None) is None)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=num_workers,
+        num_workers=settings.num_workers,
         drop_last=drop_last,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=settings.pin_memory,
+        prefetch_factor=settings.prefetch_factor,
         persistent_workers=False,
+        collate_fn=collate_fn,
         generator=torch.Generator().manual_seed(0),
     )

@@ -4,13 +4,16 @@ Every image is drawn from a `Scene` (1-3 non-overlapping filled shapes with a co
 bounding box, on a plain, gradient or lightly noisy background). `describe_scene` turns a scene into
 5 different captions (several templates, synonyms, word orders and left/right/above/below relations
 that are only stated when the geometry is unambiguous). `generate_scenes` writes the images and a
-Karpathy-style captions.json; the same seed gives byte-identical files.
+Karpathy-style captions.json; the same seed gives byte-identical files. `difficulty="hard"` draws the
+harder scenes of `imcap.data.synth_hard` instead (3-6 overlapping, textured shapes; counting captions);
+colours, backgrounds and the relation test shared by both live in `imcap.data.scene_parts`.
 
 Scene sampling, rendering and describing are separate steps so that another per-scene annotation
 (e.g. question/answer pairs) can be added next to `describe_scene` without touching the rest.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -22,6 +25,22 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from imcap.data.scene_parts import (
+    COLORS,
+    MAX_CAPTION_WORDS,
+    Background,
+    allowed_colors,
+    article,
+    background_pixels,
+    location,
+    relation,
+    sample_background,
+)
+from imcap.data.synth_hard import (
+    describe_hard_scene,
+    render_hard_scene,
+    sample_hard_scene,
+)
 from imcap.data.vocab import tokenize
 from imcap.errors import ImcapError
 
@@ -30,21 +49,10 @@ log = logging.getLogger(__name__)
 DATASET_NAME = "imcap-synth"
 FORMAT_VERSION = 1
 CAPTIONS_PER_IMAGE = 5
-MAX_CAPTION_WORDS = 16
 MIN_SIZE, MAX_SIZE = 64, 128
 MAX_IMAGES = 999_999
 
 SHAPES = ("circle", "square", "triangle", "cross")
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30),
-    "orange": (250, 140, 20),
-    "yellow": (240, 220, 40),
-    "green": (40, 170, 60),
-    "blue": (30, 70, 230),
-    "purple": (150, 40, 190),
-    "white": (245, 245, 245),
-    "black": (20, 20, 20),
-}
 # Caption words naming each shape / size: the first is the usual one, the others are synonyms.
 SHAPE_WORDS: dict[str, tuple[str, ...]] = {
     "circle": ("circle", "ball", "disc"),
@@ -53,21 +61,7 @@ SHAPE_WORDS: dict[str, tuple[str, ...]] = {
     "cross": ("cross", "plus sign"),
 }
 SIZE_WORDS: dict[str, tuple[str, ...]] = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
-# Muted mid-tone background bases, far from every object colour they are combined with.
-BACKGROUNDS: dict[str, tuple[int, int, int]] = {
-    "gray": (128, 128, 128),
-    "slate": (112, 124, 140),
-    "sage": (130, 145, 120),
-    "sand": (160, 148, 118),
-    "taupe": (140, 125, 120),
-    "mauve": (145, 120, 140),
-    "teal": (95, 130, 130),
-    "khaki": (150, 150, 105),
-}
-BACKGROUND_KINDS = ("plain", "gradient", "noisy")
-MIN_CONTRAST = 100.0  # Euclidean RGB distance between an object colour and any background tone
 SIZE_FRACTION = {"small": 0.19, "large": 0.36}  # side of the shape's box / image side
-RELATION_MARGIN = 0.2  # centres must differ by this fraction of the image side along the relation's axis
 
 
 @dataclass(frozen=True)
@@ -91,23 +85,6 @@ class SceneObject:
 
 
 @dataclass(frozen=True)
-class Background:
-    """A background: `kind` is plain/gradient/noisy; `tones` are the base names of its two ends."""
-
-    kind: str
-    tones: tuple[str, str]
-    colors: tuple[tuple[int, int, int], tuple[int, int, int]]
-    direction: int  # gradient: 0 horizontal, 1 vertical, 2 diagonal
-    noise_seed: int
-
-    @property
-    def name(self) -> str:
-        """Return the short description stored in captions.json, e.g. "gradient sand-teal"."""
-        tones = self.tones[0] if self.tones[0] == self.tones[1] else f"{self.tones[0]}-{self.tones[1]}"
-        return f"{self.kind} {tones}"
-
-
-@dataclass(frozen=True)
 class Scene:
     """Everything needed to draw and describe one image."""
 
@@ -119,32 +96,9 @@ class Scene:
 # ------------------------------------------------------------------------------------------ sampling
 
 
-def _jittered(rng: np.random.Generator, rgb: tuple[int, int, int], amount: int) -> tuple[int, int, int]:
-    """Return `rgb` with every channel moved by at most `amount`."""
-    return tuple(int(c) for c in np.clip(np.array(rgb) + rng.integers(-amount, amount + 1, size=3), 0, 255))
-
-
-def _sample_background(rng: np.random.Generator) -> Background:
-    """Draw a background kind and its one or two tones."""
-    kind = BACKGROUND_KINDS[int(rng.integers(len(BACKGROUND_KINDS)))]
-    names = list(BACKGROUNDS)
-    first = names[int(rng.integers(len(names)))]
-    second = names[int(rng.integers(len(names)))] if kind == "gradient" else first
-    colors = (_jittered(rng, BACKGROUNDS[first], 12), _jittered(rng, BACKGROUNDS[second], 12))
-    return Background(kind, (first, second), colors, int(rng.integers(3)), int(rng.integers(2**31)))
-
-
-def _allowed_colors(background: Background) -> list[str]:
-    """Return the object colours that contrast with every tone of `background`."""
-    tones = np.array(background.colors, dtype=float)  # (2, 3)
-    return [
-        name for name, rgb in COLORS.items() if np.linalg.norm(tones - np.array(rgb), axis=1).min() >= MIN_CONTRAST
-    ]
-
-
 def _side(rng: np.random.Generator, size: str, image_size: int) -> int:
     """Return the pixel side of a shape of `size` (small/large) with a +-1 px jitter."""
-    return int(round(SIZE_FRACTION[size] * image_size)) + int(rng.integers(-1, 2))
+    return round(SIZE_FRACTION[size] * image_size) + int(rng.integers(-1, 2))
 
 
 def _gap_ok(box: tuple[int, int, int, int], others: list[tuple[int, int, int, int]], gap: int) -> bool:
@@ -198,8 +152,8 @@ def sample_scene(rng: np.random.Generator, image_size: int = 64) -> Scene:
 
     No two objects share both colour and shape, so "the red circle" always names one object.
     """
-    background = _sample_background(rng)
-    colors = _allowed_colors(background)
+    background = sample_background(rng)
+    colors = allowed_colors(background)
     count = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
     arrangement = ("free", "row", "column")[int(rng.choice(3, p=[0.4, 0.35, 0.25]))] if count > 1 else "free"
     kinds = [(shape, color) for shape in SHAPES for color in colors]
@@ -226,26 +180,6 @@ def sample_scene(rng: np.random.Generator, image_size: int = 64) -> Scene:
 # ----------------------------------------------------------------------------------------- rendering
 
 
-def _background_pixels(background: Background, image_size: int) -> np.ndarray:
-    """Return the (S, S, 3) uint8 background."""
-    first, second = (np.array(c, dtype=np.float64) for c in background.colors)
-    ramp = np.linspace(0.0, 1.0, image_size)
-    if background.kind == "gradient":
-        if background.direction == 0:
-            t = np.broadcast_to(ramp[None, :], (image_size, image_size))
-        elif background.direction == 1:
-            t = np.broadcast_to(ramp[:, None], (image_size, image_size))
-        else:
-            t = (ramp[None, :] + ramp[:, None]) / 2
-        pixels = first + (second - first) * t[:, :, None]  # (S, S, 3)
-    else:
-        pixels = np.broadcast_to(first, (image_size, image_size, 3)).copy()
-        if background.kind == "noisy":
-            noise = np.random.default_rng(background.noise_seed).normal(0.0, 6.0, size=(image_size, image_size, 1))
-            pixels = pixels + noise  # (S, S, 3): grey-level noise keeps the tone
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
-
-
 def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject) -> None:
     """Fill `obj`'s shape so that its pixels span exactly its bounding box."""
     x0, y0, x1, y1 = obj.bbox
@@ -268,7 +202,7 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject) -> None:
 
 def render_scene(scene: Scene) -> Image.Image:
     """Return the RGB image of `scene` (no anti-aliasing, so the same scene gives the same pixels)."""
-    image = Image.fromarray(_background_pixels(scene.background, scene.image_size))  # uint8 (S, S, 3) -> RGB
+    image = Image.fromarray(background_pixels(scene.background, scene.image_size))  # uint8 (S, S, 3) -> RGB
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
         _draw_object(draw, obj)
@@ -276,44 +210,6 @@ def render_scene(scene: Scene) -> Image.Image:
 
 
 # ---------------------------------------------------------------------------------------- describing
-
-
-def relation(a: SceneObject, b: SceneObject, image_size: int) -> str | None:
-    """Return "left", "right", "above" or "below" (a relative to b) when unambiguous, else None."""
-    dx = b.center[0] - a.center[0]
-    dy = b.center[1] - a.center[1]
-    margin = RELATION_MARGIN * image_size
-    if abs(dx) >= margin and abs(dy) <= 0.5 * abs(dx):
-        return "left" if dx > 0 else "right"
-    if abs(dy) >= margin and abs(dx) <= 0.5 * abs(dy):
-        return "above" if dy > 0 else "below"
-    return None
-
-
-def location(obj: SceneObject, image_size: int) -> str | None:
-    """Return where a lone object clearly is ("on the left", "in the top right corner", ...), else None."""
-    def band(value: float) -> str | None:
-        if value < 0.35 * image_size:
-            return "low"
-        if value > 0.65 * image_size:
-            return "high"
-        if 0.42 * image_size < value < 0.58 * image_size:
-            return "mid"
-        return None
-
-    cx, cy = obj.center
-    h, v = band(cx), band(cy)
-    horizontal = {"low": "left", "high": "right"}.get(h or "")
-    vertical = {"low": "top", "high": "bottom"}.get(v or "")
-    if horizontal and vertical:
-        return f"in the {vertical} {horizontal} corner"
-    if horizontal and v == "mid":
-        return f"on the {horizontal}"
-    if vertical and h == "mid":
-        return f"at the {vertical}"
-    if h == "mid" and v == "mid":
-        return "in the center"
-    return None
 
 
 _ONE = [
@@ -365,11 +261,6 @@ _THREE = [
 ]
 
 
-def _article(phrase: str) -> str:
-    """Return `phrase` with "a" or "an" in front."""
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
 def _noun_phrase(rng: np.random.Generator, obj: SceneObject, with_size: bool) -> str:
     """Return e.g. "large red circle" or "big red ball" (no article); synonyms are the minority."""
     shape_words = SHAPE_WORDS[obj.shape]
@@ -391,9 +282,9 @@ def reading_order(scene: Scene) -> tuple[list[SceneObject], str | None]:
     by_y = sorted(scene.objects, key=lambda o: (o.center[1], o.center[0]))
     if len(by_x) == 1:
         return by_x, None
-    if all(relation(a, b, scene.image_size) == "left" for a, b in zip(by_x, by_x[1:])):
+    if all(relation(a, b, scene.image_size) == "left" for a, b in itertools.pairwise(by_x)):
         return by_x, "left" if len(by_x) == 2 else "row"
-    if all(relation(a, b, scene.image_size) == "above" for a, b in zip(by_y, by_y[1:])):
+    if all(relation(a, b, scene.image_size) == "above" for a, b in itertools.pairwise(by_y)):
         return by_y, "above" if len(by_y) == 2 else "column"
     return by_x, None
 
@@ -412,7 +303,7 @@ def _fill(rng: np.random.Generator, template: str, objects: list[SceneObject], l
     for sized in (with_size, False):
         phrases = [_noun_phrase(rng, obj, sized) for obj in objects]
         slots = {"loc": loc or "", "a": phrases[0]}
-        slots.update({key: _article(p) for key, p in zip("ABC", phrases)})
+        slots.update({key: article(p) for key, p in zip("ABC", phrases)})
         caption = template.format(**slots)
         if len(tokenize(caption)) <= MAX_CAPTION_WORDS:
             break
@@ -445,16 +336,17 @@ def describe_scene(scene: Scene, rng: np.random.Generator, count: int = CAPTIONS
 
 def named_object(word: str, objects: list[dict]) -> dict | None:
     """The object (a captions.json "objects" entry) that a caption word names by its colour or shape
-    (synonyms included), when exactly one object of the scene matches; None otherwise."""
+    (synonyms included; hard scenes' shapes by their own name), when exactly one object of the scene matches; None otherwise."""
     matches = [o for o in objects if o["color"] == word]
     if not matches:
-        matches = [o for o in objects if word in SHAPE_WORDS[o["shape"]] or word in ("plus", "sign") and o["shape"] == "cross"]
+        matches = [o for o in objects if word in SHAPE_WORDS.get(o["shape"], (o["shape"],)) or word in ("plus", "sign") and o["shape"] == "cross"]
     return matches[0] if len(matches) == 1 else None
 
 
 # ----------------------------------------------------------------------------------------- questions
 
 TASKS = ("captions", "vqa")
+DIFFICULTIES = ("normal", "hard")
 QUESTIONS_PER_IMAGE = 3
 COUNT_WORDS = ("one", "two", "three")
 # Paraphrases of each question kind; every question/answer pair gets all of its kind's as references.
@@ -585,7 +477,7 @@ def _clear_previous(out_dir: Path) -> None:
 
 def split_of(num_images: int, seed: int) -> list[str]:
     """Return the deterministic 80/10/10 train/val/test split of `num_images` images."""
-    n_val = n_test = int(round(num_images * 0.1))
+    n_val = n_test = round(num_images * 0.1)
     labels = np.array(["train"] * (num_images - n_val - n_test) + ["val"] * n_val + ["test"] * n_test)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5E1F]))
     return [str(s) for s in labels[rng.permutation(num_images)]]
@@ -605,15 +497,21 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def generate_scenes(
-    out_dir: str | Path, num_images: int = 3000, seed: int = 123, image_size: int = 64, progress: bool = True, task: str = "captions"
+    out_dir: str | Path, num_images: int = 3000, seed: int = 123, image_size: int = 64, progress: bool = True, task: str = "captions",
+    difficulty: str = "normal",
 ) -> Path:
     """Write `num_images` synthetic scenes and their captions under `out_dir`; return the captions.json path.
 
     task "vqa" writes the same images with question/answer pairs instead: one record per pair (id
     "<image>-q<j>"), its paraphrased questions as "sentences" and the answer in "answer".
+    difficulty "hard" draws the scenes of `imcap.data.synth_hard` (3-6 overlapping, textured shapes; captions only).
     """
     if task not in TASKS:
         raise ImcapError(f"--task: must be one of {', '.join(TASKS)}, got {task!r}")
+    if difficulty not in DIFFICULTIES:
+        raise ImcapError(f"--difficulty: must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
+    if difficulty == "hard" and task != "captions":
+        raise ImcapError("--difficulty hard: only for --task captions (questions are written for the normal scenes)")
     _validate(num_images, image_size)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
@@ -626,21 +524,26 @@ def generate_scenes(
     records = []
     for index in tqdm(range(num_images), desc="synth", unit="img", disable=not progress):
         rng = scene_rng(seed, index)
-        scene = sample_scene(rng, image_size)
         filename = f"{index:06d}.png"
-        render_scene(scene).save(out_dir / "images" / filename, format="PNG")
-        if task == "vqa":
-            records += _vqa_records(scene, index, filename, splits[index], seed)
-            continue
-        sentences = [{"raw": raw, "tokens": tokenize(raw)} for raw in describe_scene(scene, rng)]
+        if difficulty == "hard":
+            hard = sample_hard_scene(rng, image_size)
+            render_hard_scene(hard).save(out_dir / "images" / filename, format="PNG")
+            captions, objects, background = describe_hard_scene(hard, rng), hard.objects, hard.background
+        else:
+            scene = sample_scene(rng, image_size)
+            render_scene(scene).save(out_dir / "images" / filename, format="PNG")
+            if task == "vqa":
+                records += _vqa_records(scene, index, filename, splits[index], seed)
+                continue
+            captions, objects, background = describe_scene(scene, rng), scene.objects, scene.background
         records.append({
             "imgid": index,
             "filepath": "images",
             "filename": filename,
             "split": splits[index],
-            "sentences": sentences,
-            "objects": [obj.to_dict() for obj in scene.objects],
-            "background": scene.background.name,
+            "sentences": [{"raw": raw, "tokens": tokenize(raw)} for raw in captions],
+            "objects": [obj.to_dict() for obj in objects],
+            "background": background.name,
         })
     data = {
         "dataset": DATASET_NAME,
@@ -648,6 +551,7 @@ def generate_scenes(
         "seed": seed,
         "image_size": image_size,
         **({"task": task} if task != "captions" else {}),
+        **({"difficulty": difficulty} if difficulty != "normal" else {}),
         "images": records,
     }
     path = out_dir / "captions.json"

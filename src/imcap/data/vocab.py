@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import string
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,9 +18,28 @@ SPECIAL_TOKENS = ("<NULL>", "<START>", "<END>", "<UNK>")
 _PUNCT = re.compile("[" + re.escape(string.punctuation) + "]")
 
 
+class _PunctuationToSpace(dict):
+    """A `str.translate` table, filled on demand: Unicode punctuation and symbols (categories P*, S*) -> space."""
+
+    def __missing__(self, code: int) -> str | int:
+        value: str | int = " " if unicodedata.category(chr(code))[0] in "PS" else code
+        self[code] = value
+        return value
+
+
+_UNICODE_PUNCT = _PunctuationToSpace()
+
+
 def tokenize(caption: str) -> list[str]:
-    """Lower-case, drop punctuation, split on whitespace (neuraltalk2's prepro rule)."""
-    return _PUNCT.sub(" ", caption.lower()).split()
+    """Return the words of a caption: lower-cased, punctuation removed, split on whitespace (neuraltalk2's rule).
+
+    Punctuation is every Unicode punctuation or symbol character (em dash, ellipsis, curly quotes, ...),
+    which for ASCII text is exactly `string.punctuation`; `don't` and `don’t` both give `don`, `t`.
+    """
+    text = caption.lower()
+    if text.isascii():
+        return _PUNCT.sub(" ", text).split()
+    return text.translate(_UNICODE_PUNCT).split()
 
 
 @dataclass
@@ -67,9 +87,13 @@ class Vocab:
             words.append(self.idx_to_word[i])
         return " ".join(words)
 
+    def to_json(self) -> str:
+        """Return the JSON text `save` writes: `{"idx_to_word": [...], "word_counts": {...}}`."""
+        return json.dumps({"idx_to_word": self.idx_to_word, "word_counts": self.word_counts})
+
     def save(self, path: str | Path) -> None:
-        """Write `{"idx_to_word": [...], "word_counts": {...}}` as JSON."""
-        Path(path).write_text(json.dumps({"idx_to_word": self.idx_to_word, "word_counts": self.word_counts}))
+        """Write `to_json()` to `path`."""
+        Path(path).write_text(self.to_json(), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:

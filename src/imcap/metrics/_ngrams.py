@@ -1,7 +1,9 @@
-"""Vectorised n-gram counting shared by BLEU and CIDEr.
+"""Integer-coded sentences and their n-gram counts, shared by BLEU, CIDEr and ROUGE-L.
 
-Sentences become one flat array of word ids; the n-grams of each order get dense ids by sorting,
-and each sentence's n-gram counts come out as flat (sentence, n-gram, count) arrays.
+Sentences become one flat array of word ids. For each order, the positions where an n-gram starts
+are sorted by the n-gram (a stable radix sort on 16-bit digits, which NumPy does in linear time), so
+every distinct n-gram gets a dense id and every sentence its (n-gram, count) entries. The n-gram of
+order k is keyed by (id of its (k-1)-gram prefix, last word), so keys stay small.
 """
 from __future__ import annotations
 
@@ -28,6 +30,24 @@ def encode(sentences: Sequence[Sequence[str]], vocab: Vocabulary | None = None) 
     return ids, lengths
 
 
+def starts_of(lengths: np.ndarray) -> np.ndarray:
+    """Offsets of consecutive segments of the given lengths."""
+    out = np.zeros(len(lengths), np.int64)
+    np.cumsum(lengths[:-1], out=out[1:])
+    return out
+
+
+def radix_argsort(key: np.ndarray, bound: int) -> np.ndarray:
+    """Stable argsort of non-negative integer keys below `bound`, 16 bits at a time (NumPy radix-sorts those)."""
+    order = np.argsort(key.astype(np.uint16), kind="stable")
+    shift = 16
+    while bound > 1 << shift:
+        digit = (key >> shift).astype(np.uint16 if bound > 1 << (shift + 8) else np.uint8)
+        order = order[np.argsort(digit[order], kind="stable")]
+        shift += 16
+    return order
+
+
 @dataclass
 class OrderCounts:
     """Counts of the n-grams of one order: entry j says sentence `sent[j]` holds gram `gram[j]` `count[j]` times.
@@ -42,40 +62,50 @@ class OrderCounts:
     keys: np.ndarray | None = None  # per gram id: (id of its (n-1)-gram prefix) * n_words + last word id
 
 
-def count_ngrams(ids: np.ndarray, lengths: np.ndarray, n: int, n_words: int) -> list[OrderCounts]:
-    """Per-sentence n-gram counts for orders 1..n; `n_words` bounds the word ids."""
-    n_sent = len(lengths)
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1])) if n_sent else np.zeros(0, np.int64)
-    sent_of_pos = np.repeat(np.arange(n_sent, dtype=np.int64), lengths)
-    pos_in_sent = np.arange(len(ids), dtype=np.int64) - np.repeat(starts, lengths)
-    remaining = np.repeat(lengths, lengths) - pos_in_sent  # words from this position to the sentence end
-    gram_at = ids.copy()  # id of the current-order gram starting at each position (where one starts)
+def count_ngrams(ids: np.ndarray, lengths: np.ndarray, n: int, n_words: int,
+                 word_order: np.ndarray | None = None) -> list[OrderCounts]:
+    """Per-sentence n-gram counts for orders 1..n; `n_words` bounds the word ids.
+
+    `word_order` is `radix_argsort(ids, n_words)`, when the caller has it already.
+    """
+    n_words = max(n_words, 1)
+    n_tok = len(ids)
+    index = np.int32 if max(n_tok, n_words) < 2**31 else np.int64  # positions, sentences and gram ids
+    ids = ids.astype(index, copy=False)
+    if word_order is None:
+        word_order = radix_argsort(ids, n_words)
+    word_order = word_order.astype(index, copy=False)
+    sent_of_pos = np.repeat(np.arange(len(lengths), dtype=index), lengths)
+    depth = (np.arange(n_tok, dtype=index) - np.repeat(starts_of(lengths).astype(index), lengths))[word_order]
+    gram_of_pos = ids  # id of the gram of the previous order that starts at each position
+    n_grams = n_words
     out = []
     for k in range(1, n + 1):
-        pos = np.flatnonzero(remaining >= k)
+        # The positions where a k-gram starts, sorted by its last word (the word order, shifted back),
+        # then by its (k-1)-gram prefix: a two-digit stable radix sort with one digit already done.
         if k == 1:
-            key = ids[pos]
+            start = word_order
+            key = ids[start]
         else:
-            key = gram_at[pos] * n_words + ids[pos + k - 1]
-        if len(pos) and int(key.max()) >= (2**62) // max(n_sent, 1):  # composite must fit in int64
-            raise OverflowError("too many distinct n-grams to count")
-        composite = key * n_sent + sent_of_pos[pos]
-        order = np.argsort(composite)  # equal composites are the same (gram, sentence): order among them is free
-        comp_sorted = composite[order]
-        key_sorted = key[order]
-        new_gram = np.empty(len(order), bool)
+            start = word_order[depth >= k - 1] - (k - 1)
+            prefix = gram_of_pos[start]
+            order = radix_argsort(prefix, n_grams)
+            start = start[order]
+            wide = np.int64 if n_grams * n_words >= 2**31 else index
+            key = prefix[order].astype(wide, copy=False) * n_words + ids[start + (k - 1)]
+        new_gram = np.empty(len(start), bool)
         new_gram[:1] = True
-        np.not_equal(key_sorted[1:], key_sorted[:-1], out=new_gram[1:])
-        gram_sorted = np.cumsum(new_gram) - 1
-        gram_at[pos[order]] = gram_sorted
-        new_entry = np.empty(len(order), bool)
-        new_entry[:1] = True
-        np.not_equal(comp_sorted[1:], comp_sorted[:-1], out=new_entry[1:])
+        np.not_equal(key[1:], key[:-1], out=new_gram[1:])
+        gram = np.cumsum(new_gram, dtype=index) - 1
+        if k < n:
+            gram_of_pos = np.empty(n_tok, index)
+            gram_of_pos[start] = gram
+        sent = sent_of_pos[start]
+        new_entry = new_gram.copy()
+        new_entry[1:] |= sent[1:] != sent[:-1]
         first = np.flatnonzero(new_entry)
-        count = np.diff(np.append(first, len(order)))
-        n_grams = int(gram_sorted[-1]) + 1 if len(order) else 0
-        out.append(OrderCounts(sent_of_pos[pos[order[first]]], gram_sorted[first], count, n_grams,
-                               key_sorted[new_gram]))
+        n_grams = int(gram[-1]) + 1 if len(gram) else 0
+        out.append(OrderCounts(sent[first], gram[first], np.diff(first, append=len(start)), n_grams, key[new_gram]))
     return out
 
 

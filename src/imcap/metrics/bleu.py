@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from imcap.metrics._inputs import check_pairs
-from imcap.metrics._ngrams import OrderCounts, Vocabulary, count_ngrams, encode, lookup
+from imcap.metrics._corpus import ImageLayout, ImageRuns, image_major, image_runs, pair_lines, word_ids
+from imcap.metrics._ngrams import OrderCounts, Vocabulary, count_ngrams, encode, starts_of
 
 log = logging.getLogger(__name__)
 
@@ -35,46 +36,34 @@ def closest_ref_lengths(testlen: np.ndarray, ref_lengths: np.ndarray, n_refs: np
     span = int(ref_lengths.max()) + 1
     t = np.repeat(testlen, n_refs)
     key = np.abs(ref_lengths - t) * span + ref_lengths
-    starts = np.concatenate(([0], np.cumsum(n_refs)[:-1]))
-    return np.minimum.reduceat(key, starts) % span
+    return np.minimum.reduceat(key, starts_of(n_refs)) % span
 
 
-def bleu_stats_from_counts(counts: list[OrderCounts], testlen: np.ndarray, ref_lengths: np.ndarray,
-                           n_refs: np.ndarray) -> BleuStats:
-    """Statistics from n-gram counts whose sentences are the N hypotheses, then the references image by image."""
-    n_img = len(testlen)
-    img_of_sent = np.concatenate((np.arange(n_img), np.repeat(np.arange(n_img), n_refs)))
-    n = len(counts)
-    correct = np.zeros((n, n_img), np.int64)
-    for k, oc in enumerate(counts):
-        is_ref = oc.sent >= n_img
-        # Within a gram, entries are sorted by sentence, and references are laid out image by image,
-        # so (gram, image) keys of the references are already sorted.
-        ref_key = oc.gram[is_ref] * n_img + img_of_sent[oc.sent[is_ref]]
-        ref_count = oc.count[is_ref]
-        if len(ref_key):
-            first = np.flatnonzero(np.concatenate(([True], ref_key[1:] != ref_key[:-1])))
-            uniq_key = ref_key[first]
-            max_count = np.maximum.reduceat(ref_count, first)
-        else:
-            uniq_key = np.zeros(0, np.int64)
-            max_count = np.zeros(1, np.int64)
-        hyp_sent = oc.sent[~is_ref]
-        found, where = lookup(uniq_key, oc.gram[~is_ref] * n_img + hyp_sent)
-        clipped = np.minimum(oc.count[~is_ref], np.where(found, max_count[where], 0))
-        correct[k] = np.bincount(hyp_sent, weights=clipped, minlength=n_img).astype(np.int64)
-    guess = np.maximum(0, testlen[None, :] - np.arange(n)[:, None])
-    return BleuStats(testlen, closest_ref_lengths(testlen, ref_lengths, n_refs), guess, correct)
+def bleu_stats_from_counts(counts: list[OrderCounts], layout: ImageLayout,
+                           runs: list[ImageRuns] | None = None) -> BleuStats:
+    """Statistics from the n-gram counts of sentences laid out image by image (see `ImageLayout`).
+
+    `runs` are the orders' `image_runs`, when the caller has them already.
+    """
+    runs = [image_runs(oc, layout) for oc in counts] if runs is None else runs
+    correct = np.zeros((len(counts), layout.n_images), np.int64)
+    for k, (oc, run) in enumerate(zip(counts, runs)):
+        if len(run.hyp_entry):  # clipped matches: hypothesis count, at most the largest reference count
+            max_ref = np.maximum.reduceat(oc.count[run.ref_entry], run.ref_offset)
+            clipped = np.minimum(oc.count[run.hyp_entry], max_ref)
+            image = layout.image_of_sent[oc.sent[run.hyp_entry]]
+            correct[k] = np.bincount(image, weights=clipped, minlength=layout.n_images)
+    testlen = layout.hyp_lengths
+    guess = np.maximum(0, testlen[None, :] - np.arange(len(counts))[:, None])
+    return BleuStats(testlen, closest_ref_lengths(testlen, layout.ref_lengths, layout.n_refs), guess, correct)
 
 
 def bleu_stats(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[Sequence[str]]], n: int = 4) -> BleuStats:
     """Statistics for tokenized hypotheses and their tokenized references."""
-    n_refs = np.fromiter(map(len, refs), np.int64, len(refs))
-    sentences = list(hyps) + [r for rs in refs for r in rs]
     vocab = Vocabulary()
-    ids, lengths = encode(sentences, vocab)
-    counts = count_ngrams(ids, lengths, n, len(vocab))
-    return bleu_stats_from_counts(counts, lengths[:len(hyps)], lengths[len(hyps):], n_refs)
+    ids, lengths = encode(image_major(hyps, refs), vocab)
+    layout = ImageLayout(np.fromiter(map(len, refs), np.int64, len(refs)), lengths)
+    return bleu_stats_from_counts(count_ngrams(ids, lengths, n, len(vocab)), layout)
 
 
 def bleu_from_stats(stats: BleuStats) -> tuple[list[float], list[list[float]]]:
@@ -111,9 +100,10 @@ class Bleu:
     def compute_score(self, gts: Mapping[Hashable, Sequence[str]], res: Mapping[Hashable, Sequence[str]],
                       verbose: int = 0) -> tuple[list[float], list[list[float]]]:
         """Corpus BLEU-1..n (not the mean of the per-image values) and per-image BLEU-1..n lists."""
-        ids = check_pairs(gts, res, "Bleu")
-        stats = bleu_stats([res[i][0].split() for i in ids], [[r.split() for r in gts[i]] for i in ids], self._n)
-        return bleu_from_stats(stats)
+        lines, n_refs = pair_lines(gts, res, check_pairs(gts, res, "Bleu"))
+        words, lengths, n_words = word_ids(lines, (None,))[0]
+        layout = ImageLayout(n_refs, lengths)
+        return bleu_from_stats(bleu_stats_from_counts(count_ngrams(words, lengths, self._n, n_words), layout))
 
     def method(self) -> str:
         """Metric name, as pycocoevalcap reports it."""

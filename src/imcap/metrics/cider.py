@@ -19,73 +19,50 @@ import numpy as np
 
 from imcap.errors import ImcapError
 from imcap.metrics._inputs import check_pairs
-from imcap.metrics._ngrams import OrderCounts, Vocabulary, count_ngrams, encode, lookup
+from imcap.metrics._corpus import ImageLayout, ImageRuns, image_runs, pair_lines, word_ids
+from imcap.metrics._ngrams import OrderCounts, Vocabulary, count_ngrams, encode, lookup, sorted_search, starts_of
+from imcap.metrics.tokenizer import PTBTokenizer
 
 SIGMA = 6.0
 N = 4
 
 
-def _starts(lengths: np.ndarray) -> np.ndarray:
-    return np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-
-
-def cider_from_counts(counts: list[OrderCounts], lengths: np.ndarray, n_refs: np.ndarray,
-                      df: list[np.ndarray] | None = None, log_docs: float | None = None,
-                      sigma: float = SIGMA) -> np.ndarray:
-    """Per-image CIDEr from n-gram counts of [hypotheses..., references image by image...].
+def cider_from_counts(counts: list[OrderCounts], layout: ImageLayout, df: list[np.ndarray] | None = None,
+                      log_docs: float | None = None, sigma: float = SIGMA,
+                      runs: list[ImageRuns] | None = None) -> np.ndarray:
+    """Per-image CIDEr from the n-gram counts of sentences laid out image by image (see `ImageLayout`).
 
     `df[k][g]` is the document frequency of gram g of order k+1 and `log_docs` the log of the number of
     documents; both default to pycocoevalcap's: computed from the references, over the images scored.
+    `runs` are the orders' `image_runs`, when the caller has them already.
     """
-    n_img = len(n_refs)
-    n_ref_total = int(n_refs.sum())
-    img_of_sent = np.concatenate((np.arange(n_img), np.repeat(np.arange(n_img), n_refs)))
+    runs = [image_runs(oc, layout) for oc in counts] if runs is None else runs
+    n_img, n_sent, n = layout.n_images, len(layout.lengths), len(counts)
     if log_docs is None:
         log_docs = float(np.log(float(n_img)))
-    bigrams = np.maximum(lengths - 1, 0).astype(np.float64)  # pycocoevalcap's "length": its bigram count
-    val = np.zeros((n_ref_total, len(counts)))
-    norm_hyp = np.zeros((n_img, len(counts)))
-    norm_ref = np.zeros((n_ref_total, len(counts)))
-    for k, oc in enumerate(counts):
-        is_ref = oc.sent >= n_img
-        ref_key = oc.gram[is_ref] * n_img + img_of_sent[oc.sent[is_ref]]  # sorted: see count_ngrams
-        if df is None:
-            distinct = np.concatenate(([True], ref_key[1:] != ref_key[:-1])) if len(ref_key) else np.zeros(0, bool)
-            df_k = np.bincount(oc.gram[is_ref][distinct], minlength=oc.n_grams).astype(np.float64)
+    val = np.zeros((n, n_sent))  # per order and reference sentence: sum of min(w_hyp, w_ref) * w_ref
+    norm = np.zeros((n, n_sent))
+    for k, (oc, run) in enumerate(zip(counts, runs)):
+        if df is None:  # the number of images whose references hold the gram
+            df_k = np.bincount(oc.gram[run.start], weights=(run.length > 1) | ~run.has_hyp, minlength=oc.n_grams)
         else:
             df_k = df[k]
-        weight = oc.count * (log_docs - np.log(np.maximum(1.0, df_k[oc.gram])))
-        norm_sq = np.bincount(oc.sent, weights=weight * weight, minlength=n_img + n_ref_total)
-        norm_hyp[:, k] = np.sqrt(norm_sq[:n_img])
-        norm_ref[:, k] = np.sqrt(norm_sq[n_img:])
-        hyp_idx = np.flatnonzero(~is_ref)
-        ref_idx = np.flatnonzero(is_ref)
-        hyp_key = oc.gram[hyp_idx] * n_img + oc.sent[hyp_idx]
-        lo = np.searchsorted(ref_key, hyp_key, "left")
-        hits = np.searchsorted(ref_key, hyp_key, "right") - lo
-        has = np.flatnonzero(hits)
-        rep = np.repeat(has, hits[has])
-        within = np.arange(len(rep)) - np.repeat(np.cumsum(hits[has]) - hits[has], hits[has])
-        r_entry = ref_idx[lo[rep] + within]
-        w_hyp = weight[hyp_idx[rep]]
-        w_ref = weight[r_entry]
-        val[:, k] = np.bincount(oc.sent[r_entry] - n_img, weights=np.minimum(w_hyp, w_ref) * w_ref,
-                                minlength=n_ref_total)
-    hyp_of_ref = np.repeat(np.arange(n_img), n_refs)
-    nh = norm_hyp[hyp_of_ref]
-    both = (nh != 0) & (norm_ref != 0)
-    val = np.where(both, val / np.where(both, nh * norm_ref, 1.0), val)
-    delta = bigrams[hyp_of_ref] - bigrams[n_img:]
-    val *= np.power(np.e, -(delta**2) / (2 * sigma**2))[:, None]
-    per_image = np.add.reduceat(val, _starts(n_refs), axis=0) if n_ref_total else np.zeros((n_img, len(counts)))
-    return np.mean(per_image, axis=1) / n_refs * 10.0
-
-
-def _count(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[Sequence[str]]], n: int,
-           vocab: Vocabulary) -> tuple[list[OrderCounts], np.ndarray, np.ndarray, np.ndarray]:
-    n_refs = np.fromiter(map(len, refs), np.int64, len(refs))
-    ids, lengths = encode(list(hyps) + [r for rs in refs for r in rs], vocab)
-    return count_ngrams(ids, lengths, n, len(vocab)), ids, lengths, n_refs
+        idf = log_docs - np.log(np.maximum(1.0, df_k))  # (n_grams,)
+        weight = oc.count * idf[oc.gram]
+        norm[k] = np.bincount(oc.sent, weights=weight * weight, minlength=n_sent)
+        w_ref = weight[run.ref_entry]
+        val[k] = np.bincount(oc.sent[run.ref_entry], weights=np.minimum(weight[run.hyp_of_ref], w_ref) * w_ref,
+                             minlength=n_sent)
+    norm = np.sqrt(norm)
+    ref, hyp = layout.ref_sent, layout.hyp_sent[layout.image_of_ref]
+    val, nh, nr = val[:, ref], norm[:, hyp], norm[:, ref]  # (n, R)
+    both = (nh != 0) & (nr != 0)
+    val = np.where(both, val / np.where(both, nh * nr, 1.0), val)
+    bigrams = np.maximum(layout.lengths - 1, 0).astype(np.float64)  # pycocoevalcap's "length": its bigram count
+    delta = bigrams[hyp] - bigrams[ref]
+    val *= np.power(np.e, -(delta**2) / (2 * sigma**2))
+    per_image = np.add.reduceat(val, starts_of(layout.n_refs), axis=1) if len(ref) else np.zeros((n, n_img))
+    return np.mean(per_image, axis=0) / layout.n_refs * 10.0
 
 
 class DocumentFrequency:
@@ -124,9 +101,9 @@ class DocumentFrequency:
         keys, dfs = [], []
         for oc in count_ngrams(ids, lengths, n, len(vocab)):
             # entries are sorted by gram, then sentence, and a document's sentences are consecutive
-            key = oc.gram * max(len(docs), 1) + doc_of_sent[oc.sent]
+            key = oc.gram.astype(np.int64) * max(len(docs), 1) + doc_of_sent[oc.sent]
             distinct = np.concatenate(([True], key[1:] != key[:-1])) if len(key) else np.zeros(0, bool)
-            keys.append(oc.keys)
+            keys.append(oc.keys.astype(np.int64))
             dfs.append(np.bincount(oc.gram[distinct], minlength=oc.n_grams).astype(np.float64))
         return cls(list(vocab), keys, dfs, len(docs))
 
@@ -139,7 +116,7 @@ class DocumentFrequency:
         """
         v = len(self.words)
         w_total = max(int(ids.max()) + 1 if len(ids) else 0, v, 1)
-        starts = _starts(lengths)
+        starts = starts_of(lengths)
         remaining = np.repeat(lengths, lengths) - (np.arange(len(ids)) - np.repeat(starts, lengths))
         gram_of_pos = np.zeros(len(ids), np.int64)
         out = []
@@ -217,11 +194,6 @@ def _full_df(table: DocumentFrequency, counts: list[OrderCounts]) -> list[np.nda
             for k, oc in enumerate(counts)]
 
 
-def _split_all(gts: Mapping[Hashable, Sequence[str]], res: Mapping[Hashable, Sequence[str]],
-               ids: list[Hashable]) -> tuple[list[list[str]], list[list[list[str]]]]:
-    return [res[i][0].split() for i in ids], [[r.split() for r in gts[i]] for i in ids]
-
-
 class Cider:
     """Drop-in for `pycocoevalcap.cider.cider.Cider`: `compute_score(gts, res)` -> (mean, per-image array)."""
 
@@ -232,10 +204,10 @@ class Cider:
     def compute_score(self, gts: Mapping[Hashable, Sequence[str]],
                       res: Mapping[Hashable, Sequence[str]]) -> tuple[float, np.ndarray]:
         """Mean CIDEr over images and per-image CIDEr (df from the references of these images)."""
-        ids = check_pairs(gts, res, self.method())
-        hyps, refs = _split_all(gts, res, ids)
-        counts, _, lengths, n_refs = _count(hyps, refs, self._n, Vocabulary())
-        scores = cider_from_counts(counts, lengths, n_refs, sigma=self._sigma)
+        lines, n_refs = pair_lines(gts, res, check_pairs(gts, res, self.method()))
+        words, lengths, n_words = word_ids(lines, (None,))[0]
+        layout = ImageLayout(n_refs, lengths)
+        scores = cider_from_counts(count_ngrams(words, lengths, self._n, n_words), layout, sigma=self._sigma)
         return float(np.mean(scores)), scores
 
     def method(self) -> str:
@@ -255,14 +227,11 @@ class CiderD(Cider):
         """Mean CIDEr-D and per-image CIDEr-D."""
         if self._df is None:
             return super().compute_score(gts, res)
-        ids = check_pairs(gts, res, self.method())
-        hyps, refs = _split_all(gts, res, ids)
-        n_refs = np.fromiter(map(len, refs), np.int64, len(refs))
-        vocab = Vocabulary(self._df.vocab)
-        word_ids, lengths = encode(list(hyps) + [r for rs in refs for r in rs], vocab)
-        counts = counts_from_gram_ids(self._df.gram_ids(word_ids, lengths), lengths)
-        scores = cider_from_counts(counts, lengths, n_refs, _full_df(self._df, counts), self._df.log_docs,
-                                   self._sigma)
+        lines, n_refs = pair_lines(gts, res, check_pairs(gts, res, self.method()))
+        words, lengths = encode([line.split() for line in lines], Vocabulary(self._df.vocab))
+        layout = ImageLayout(n_refs, lengths)
+        counts = counts_from_gram_ids(self._df.gram_ids(words, lengths), lengths)
+        scores = cider_from_counts(counts, layout, _full_df(self._df, counts), self._df.log_docs, self._sigma)
         return float(np.mean(scores)), scores
 
     def method(self) -> str:
@@ -275,6 +244,7 @@ class _RefTable:
     keys: np.ndarray  # sorted ((image * n + order) * n_ids + gram) of every reference entry
     weight: np.ndarray  # tf-idf weight of the entry
     ref: np.ndarray  # global reference index of the entry
+    run_left: np.ndarray  # entries from this one to the last one with the same key
     stride: int  # n_ids used in the key
 
 
@@ -296,6 +266,7 @@ class CiderDReward:
         if not refs:
             raise ImcapError("CiderDReward: no reference captions")
         self._tokenize = tokenize
+        self._tokenizer = PTBTokenizer()  # one instance, so that its caches serve every image
         self._sigma = sigma
         self._image_index = {key: i for i, key in enumerate(refs)}
         docs = [self._words_list(list(caps), f"references of {key!r}") for key, caps in refs.items()]
@@ -303,7 +274,7 @@ class CiderDReward:
             raise ImcapError("CiderDReward: every image needs at least one reference caption")
         self.table = DocumentFrequency.from_references(docs, n)
         self.n_refs = np.fromiter(map(len, docs), np.int64, len(docs))
-        self._first_ref = _starts(self.n_refs)
+        self._first_ref = starts_of(self.n_refs)
         sentences = [r for d in docs for r in d]
         word_ids, lengths = encode(sentences, Vocabulary(self.table.vocab))
         counts = counts_from_gram_ids(self.table.gram_ids(word_ids, lengths), lengths)
@@ -321,7 +292,10 @@ class CiderDReward:
             owners.append(oc.sent)
         key = np.concatenate(keys)
         order = np.argsort(key, kind="stable")
-        self._refs = _RefTable(key[order], np.concatenate(weights)[order], np.concatenate(owners)[order], stride)
+        key = key[order]
+        last = np.flatnonzero(np.append(key[1:] != key[:-1], True))  # the last entry of each run of equal keys
+        run_left = np.repeat(last, np.diff(last, prepend=-1)) - np.arange(len(key)) + 1
+        self._refs = _RefTable(key, np.concatenate(weights)[order], np.concatenate(owners)[order], run_left, stride)
         # entries of image i are self._refs.*[_image_range[i]:_image_range[i + 1]]
         self._image_range = np.searchsorted(self._refs.keys, np.arange(len(docs) + 1) * len(counts) * stride)
         self._model_map: np.ndarray | None = None
@@ -337,8 +311,7 @@ class CiderDReward:
             if not all(isinstance(c, str) for c in caps):
                 raise ImcapError(f"CiderDReward: {what} mix strings and word lists")
             if self._tokenize:
-                from imcap.metrics.tokenizer import PTBTokenizer
-                return [t.split() for t in PTBTokenizer().tokenize_captions(caps)]
+                return [t.split() for t in self._tokenizer.tokenize_captions(caps)]
             return [c.split() for c in caps]
         return [list(c) for c in caps]
 
@@ -384,7 +357,7 @@ class CiderDReward:
         w = np.concatenate([oc.count for oc in counts]) * (self.table.log_docs - np.log(np.maximum(1.0, df)))
         norm = np.sqrt(np.bincount(sent * n_orders + order, weights=w * w, minlength=b * n_orders)).reshape(b, n_orders)
         m = self.n_refs[img]
-        pair_start = _starts(m)
+        pair_start = starts_of(m)
         n_pairs = int(m.sum())
         # The reference entries of this batch's images only (each image's entries are one sorted run).
         refs = self._refs
@@ -395,8 +368,8 @@ class CiderDReward:
         local_keys, local_weight, local_ref = refs.keys[take], refs.weight[take], refs.ref[take]
         known = gram < np.array([len(k) for k in self.table.keys])[order]
         key = np.where(known, (img[sent] * n_orders + order) * refs.stride + gram, -1)
-        lo = np.searchsorted(local_keys, key, "left")
-        hits = np.where(known, np.searchsorted(local_keys, key, "right") - lo, 0)
+        lo = np.minimum(sorted_search(local_keys, key, "left"), max(len(take) - 1, 0))
+        hits = np.where(known & (local_keys[lo] == key), refs.run_left[take[lo]], 0) if len(take) else 0 * lo
         has = np.flatnonzero(hits)
         rep = np.repeat(has, hits[has])
         within = np.arange(len(rep)) - np.repeat(np.cumsum(hits[has]) - hits[has], hits[has])

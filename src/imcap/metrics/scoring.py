@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 
 from imcap.errors import ImcapError
-from imcap.metrics._ngrams import Vocabulary, count_ngrams, encode
+from imcap.metrics._corpus import ImageLayout, image_major, image_runs, word_ids
+from imcap.metrics._ngrams import count_ngrams, radix_argsort
 from imcap.metrics.bleu import bleu_from_stats, bleu_stats_from_counts
 from imcap.metrics.cider import cider_from_counts
 from imcap.metrics.meteor import Meteor, MetricUnavailable
-from imcap.metrics.rouge import rouge_l
+from imcap.metrics.rouge import lcs_with_hypotheses, rouge_from_lcs
 from imcap.metrics.spice import Spice
 from imcap.metrics.tokenizer import PTBTokenizer
 
@@ -92,6 +93,14 @@ def _check(refs: Mapping[Hashable, Sequence[str]], preds: Mapping[Hashable, str 
     if not preds:
         raise ImcapError("score: no predictions to score")
     ids = list(preds)
+    hyps = [preds[k] for k in ids]
+    ref_lists = [refs[k] for k in ids]
+    # The usual case, checked in bulk: caption strings and non-empty lists of caption strings.
+    if (all(type(h) is str for h in hyps) and all(type(rs) is list for rs in ref_lists) and 0 not in map(len, ref_lists)
+            and all(type(c) is str for c in chain.from_iterable(ref_lists))):
+        if len(ids) < len(refs):
+            log.info("scoring %d of %d images that have references", len(ids), len(refs))
+        return ids, hyps, ref_lists
     hyps, ref_lists = [], []
     for key in ids:
         pred = preds[key]
@@ -114,26 +123,12 @@ def _check(refs: Mapping[Hashable, Sequence[str]], preds: Mapping[Hashable, str 
     return ids, hyps, ref_lists
 
 
-_OTHER_SPACE = re.compile(r"[^\S ]")  # whitespace other than " "
-
-
-def _split_whitespace(caption: str, words: list[str]) -> list[str]:
-    """caption.split() (what BLEU and CIDEr use), reusing caption.split(" ") (ROUGE's) when equal."""
-    if "" in words or _OTHER_SPACE.search(caption):
-        return caption.split()
-    return words
-
-
-def evaluate(refs: Mapping[Hashable, Sequence[str]], preds: Mapping[Hashable, str | Sequence[str]],
-             metrics: Iterable[str] | str | None = None, *, tokenize: bool = True,
-             meteor_jar: str | os.PathLike[str] | None = None, spice_jar: str | os.PathLike[str] | None = None,
-             java: str | os.PathLike[str] | None = None, tokenizer: PTBTokenizer | None = None) -> Evaluation:
-    """Score `preds` ({id: caption}) against `refs` ({id: [captions]}): corpus and per-image values.
-
-    Captions are PTB-tokenized once (unless `tokenize=False`, for captions already tokenized), by
-    `tokenizer` or a shared module-level one (whose cache speeds up repeated calls).
-    METEOR and SPICE are skipped with one logged notice when Java or their jars are missing.
-    """
+def _compute(refs: Mapping[Hashable, Sequence[str]], preds: Mapping[Hashable, str | Sequence[str]],
+             metrics: Iterable[str] | str | None, tokenize: bool, meteor_jar: str | os.PathLike[str] | None,
+             spice_jar: str | os.PathLike[str] | None, java: str | os.PathLike[str] | None,
+             tokenizer: PTBTokenizer | None
+             ) -> tuple[list[Hashable], dict[str, float], dict[str, Sequence[float]], dict[str, str]]:
+    """Evaluated ids, corpus scores, per-image scores (in id order) and skipped metrics, for `evaluate`."""
     names = metric_names(metrics)
     ids, hyps, ref_lists = _check(refs, preds)
     meteor: Meteor | None = None
@@ -144,46 +139,42 @@ def evaluate(refs: Mapping[Hashable, Sequence[str]], preds: Mapping[Hashable, st
         except MetricUnavailable as exc:
             skipped["METEOR"] = str(exc)
             _notice("METEOR", str(exc))
-    if tokenize:
+    n_refs = np.fromiter(map(len, ref_lists), np.int64, len(ref_lists))
+    if tokenize:  # like pycocoevalcap: the references as one batch, the predictions as another
         tok = _tokenizer if tokenizer is None else tokenizer
         hyps = tok.tokenize_captions(hyps)
-        flat = tok.tokenize_captions([c for rs in ref_lists for c in rs])
-        pos = 0
-        tokenized = []
-        for rs in ref_lists:
-            tokenized.append(flat[pos:pos + len(rs)])
-            pos += len(rs)
-        ref_lists = tokenized
-    n_img = len(ids)
+        flat = tok.tokenize_captions(list(chain.from_iterable(ref_lists)))
+        bounds = np.cumsum(n_refs).tolist()
+        ref_lists = [flat[a:b] for a, b in zip([0] + bounds[:-1], bounds)]
     corpus: dict[str, float] = {}
     per_image: dict[str, Sequence[float]] = {}
-
     bleu_names = [m for m in names if m.startswith("Bleu_")]
-    hyp_words = [h.split(" ") for h in hyps]
-    ref_words = [[r.split(" ") for r in rs] for rs in ref_lists]
-    if bleu_names or "CIDEr" in names:
-        hyp_ws = [_split_whitespace(h, w) for h, w in zip(hyps, hyp_words)]
-        ref_ws = [[_split_whitespace(r, w) for r, w in zip(rs, wss)] for rs, wss in zip(ref_lists, ref_words)]
-        n_refs = np.fromiter(map(len, ref_ws), np.int64, n_img)
-        vocab = Vocabulary()
-        word_ids, lengths = encode(hyp_ws + [w for ws in ref_ws for w in ws], vocab)
-        counts = count_ngrams(word_ids, lengths, 4, len(vocab))
-        if bleu_names:
-            bleu, bleu_each = bleu_from_stats(bleu_stats_from_counts(counts, lengths[:n_img], lengths[n_img:], n_refs))
-            for k in range(4):
-                if f"Bleu_{k + 1}" in names:
-                    corpus[f"Bleu_{k + 1}"] = float(bleu[k])
-                    per_image[f"Bleu_{k + 1}"] = bleu_each[k]
-        if "CIDEr" in names:
-            cider = cider_from_counts(counts, lengths, n_refs)
-            corpus["CIDEr"] = float(np.mean(cider))
-            per_image["CIDEr"] = cider
-    if "ROUGE_L" in names:
-        rouge = rouge_l(hyp_words, ref_words)
-        corpus["ROUGE_L"] = float(np.mean(rouge))
-        per_image["ROUGE_L"] = rouge
-    gts = {i: ref_lists[j] for j, i in enumerate(ids)}
-    res = {i: [hyps[j]] for j, i in enumerate(ids)}
+    if bleu_names or "CIDEr" in names or "ROUGE_L" in names:
+        (ids_ws, lengths_ws, n_ws), (ids_sp, lengths_sp, n_sp) = word_ids(image_major(hyps, ref_lists), (None, " "))
+        word_order = radix_argsort(ids_ws, n_ws)  # for the n-gram count, and ROUGE-L when it shares the ids
+        if bleu_names or "CIDEr" in names:
+            layout = ImageLayout(n_refs, lengths_ws)
+            counts = count_ngrams(ids_ws, lengths_ws, 4, n_ws, word_order)
+            runs = [image_runs(oc, layout) for oc in counts]
+            if bleu_names:
+                bleu, bleu_each = bleu_from_stats(bleu_stats_from_counts(counts, layout, runs))
+                for k in range(4):
+                    if f"Bleu_{k + 1}" in names:
+                        corpus[f"Bleu_{k + 1}"] = float(bleu[k])
+                        per_image[f"Bleu_{k + 1}"] = bleu_each[k]
+            if "CIDEr" in names:
+                cider = cider_from_counts(counts, layout, runs=runs)
+                corpus["CIDEr"] = float(np.mean(cider))
+                per_image["CIDEr"] = cider
+        if "ROUGE_L" in names:
+            layout = ImageLayout(n_refs, lengths_sp)
+            same = ids_sp is ids_ws
+            rouge = rouge_from_lcs(lcs_with_hypotheses(ids_sp, layout, n_sp, word_order if same else None), layout)
+            corpus["ROUGE_L"] = float(np.mean(rouge))
+            per_image["ROUGE_L"] = rouge
+    if meteor is not None or "SPICE" in names:
+        gts = {i: ref_lists[j] for j, i in enumerate(ids)}
+        res = {i: [hyps[j]] for j, i in enumerate(ids)}
     if meteor is not None:
         try:
             corpus["METEOR"], per_image["METEOR"] = meteor.compute_score(gts, res)
@@ -200,11 +191,36 @@ def evaluate(refs: Mapping[Hashable, Sequence[str]], preds: Mapping[Hashable, st
             skipped["SPICE"] = str(exc)
             _notice("SPICE", str(exc))
     ordered = {m: corpus[m] for m in ALL_METRICS if m in corpus}
-    images = {i: {m: float(per_image[m][j]) for m in ordered} for j, i in enumerate(ids)}
-    return Evaluation(ordered, images, skipped)
+    return ids, ordered, per_image, skipped
+
+
+def evaluate(refs: Mapping[Hashable, Sequence[str]], preds: Mapping[Hashable, str | Sequence[str]],
+             metrics: Iterable[str] | str | None = None, *, tokenize: bool = True,
+             meteor_jar: str | os.PathLike[str] | None = None, spice_jar: str | os.PathLike[str] | None = None,
+             java: str | os.PathLike[str] | None = None, tokenizer: PTBTokenizer | None = None) -> Evaluation:
+    """Score `preds` ({id: caption}) against `refs` ({id: [captions]}): corpus and per-image values.
+
+    Captions are PTB-tokenized once (unless `tokenize=False`, for captions already tokenized), by
+    `tokenizer` or a shared module-level one (whose cache speeds up repeated calls); BLEU, ROUGE-L and
+    CIDEr then share one integer coding of the tokens, and BLEU and CIDEr one n-gram count.
+    METEOR and SPICE are skipped with one logged notice when Java or their jars are missing.
+    """
+    ids, corpus, per_image, skipped = _compute(refs, preds, metrics, tokenize, meteor_jar, spice_jar, java,
+                                               tokenizer)
+    names = list(corpus)
+    columns = [np.asarray(per_image[m], dtype=np.float64).tolist() for m in names]
+    images = {i: dict(zip(names, row)) for i, row in zip(ids, zip(*columns))} if names else {i: {} for i in ids}
+    return Evaluation(corpus, images, skipped)
 
 
 def score(refs: Mapping[Hashable, Sequence[str]], preds: Mapping[Hashable, str | Sequence[str]],
-          metrics: Iterable[str] | str | None = None, **options: object) -> dict[str, float]:
-    """Corpus scores {"Bleu_1".."Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE"} (those asked for and available)."""
-    return evaluate(refs, preds, metrics, **options).corpus  # type: ignore[arg-type]
+          metrics: Iterable[str] | str | None = None, *, tokenize: bool = True,
+          meteor_jar: str | os.PathLike[str] | None = None, spice_jar: str | os.PathLike[str] | None = None,
+          java: str | os.PathLike[str] | None = None, tokenizer: PTBTokenizer | None = None) -> dict[str, float]:
+    """Corpus scores {"Bleu_1".."Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE"} (those asked for and available).
+
+    One call from raw strings: the captions are PTB-tokenized once, and BLEU, ROUGE-L and CIDEr are all
+    computed from that one tokenization (one integer coding of the words; BLEU and CIDEr share one n-gram
+    count). The options are those of `evaluate`, which also returns the per-image scores.
+    """
+    return _compute(refs, preds, metrics, tokenize, meteor_jar, spice_jar, java, tokenizer)[1]

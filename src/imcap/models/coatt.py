@@ -6,7 +6,7 @@ words; embedded and averaged into a (B, E) vector `a`). At every step t:
     o_t   = RNN(embed(y_{t-1}))                              LSTM/GRU/RNN, `num_layers` deep
     z_t   = relu(W_o o_t + W_a a)                            fuse state and condition (project, then add)
     e_tk  = p . (tanh(U v_k) * tanh(W_z z_t))                MLB (low-rank bilinear) scores of the K regions
-    alpha = softmax_k(e_t)                                   (B, K), kept in `last_alpha`
+    alpha = softmax_k(e_t)                                   (B, K), returned by `step`
     c_t   = sum_k alpha_k v_k                                the attended context
     g_t   = tanh(P (tanh(C c_t) * tanh(W_g z_t)))            a second MLB fusion of context and z_t
     p(y_t) = softmax(W dropout(g_t + W_c c_t))               the context also feeds the output directly
@@ -23,12 +23,12 @@ from torch import nn
 
 from imcap.data.vocab import tokenize
 from imcap.models.cells import state_parts
+from imcap.models.decoder import Decoder, State, StepOutput
 
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 COND_PAD, COND_UNK = 0, 1
 
-State = tuple[torch.Tensor, ...]
-Features = tuple[torch.Tensor, torch.Tensor]
+Features = tuple[torch.Tensor, torch.Tensor]  # regions (B, K, C), condition ids (B, Lc)
 
 
 def build_condition_vocab(texts: list[str]) -> list[str]:
@@ -65,17 +65,17 @@ class MLB(nn.Module):
         return self.out(torch.tanh(self.left(x)) * torch.tanh(self.right(y)))
 
 
-class CoAttention(nn.Module):
+class CoAttention(Decoder):
     """IVQA decoder; `condition_size` counts condition ids (words + 2), `feature_dim` is C of the regions."""
 
     feature_kind = "spatial"
     has_attention = True
     conditioned = True
+    state_batch_dims = (1, 0, 0, 0)  # ((h[, c]) (L, B, H) each, regions (B, K, C), tanh(U v) (B, K, H), condition a (B, E))
 
     def __init__(self, vocab_size: int, feature_dim: int, condition_size: int, input_encoding_size: int = 512, rnn_size: int = 512, num_layers: int = 1, dropout: float = 0.5, rnn_type: str = "lstm") -> None:
-        super().__init__()
+        super().__init__(vocab_size)
         e, h = input_encoding_size, rnn_size
-        self.vocab_size = vocab_size
         self.rnn_size = rnn_size
         self.num_layers = num_layers
         self.rnn_type = rnn_type
@@ -91,8 +91,6 @@ class CoAttention(nn.Module):
         self.ctx_out = nn.Linear(feature_dim, h, bias=False)
         self.dropout = nn.Dropout(dropout)
         self.logit = nn.Linear(h, vocab_size + 1)
-        self.last_alpha: torch.Tensor | None = None
-        self.last_alphas: torch.Tensor | None = None
 
     def embed_condition(self, cond: torch.Tensor) -> torch.Tensor:
         """Condition ids (B, Lc) -> the mean embedding of the non-padding ids (B, E)."""
@@ -100,13 +98,13 @@ class CoAttention(nn.Module):
         return (self.cond_embed(cond) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
     def init_state(self, feats: Features) -> State:
-        """(regions (B, K, C), condition ids (B, Lc)) -> (recurrent parts (L, B, H)..., regions (1, B, K, C), tanh(U v) (1, B, K, H), a (1, B, E))."""
+        """(regions (B, K, C), condition ids (B, Lc)) -> ((h[, c]) (L, B, H) each, regions (B, K, C), tanh(U v) (B, K, H), a (B, E))."""
         v, cond = feats
         a = self.embed_condition(cond)  # (B, E)
         batch = v.size(0)
         h0 = torch.tanh(self.init_a(a) + self.init_v(v.mean(1))).view(batch, self.num_layers, self.rnn_size).transpose(0, 1).contiguous()  # (L, B, H)
         core = (h0, torch.zeros_like(h0)) if state_parts(self.rnn_type) == 2 else (h0,)
-        return (*core, v.unsqueeze(0), torch.tanh(self.att.left(v)).unsqueeze(0), a.unsqueeze(0))
+        return core, v, torch.tanh(self.att.left(v)), a
 
     def _predict(self, o: torch.Tensor, v: torch.Tensor, v_att: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RNN outputs (B, T, H), regions (B, K, C), tanh(U v) (B, K, H), a (B, E) -> logits (B, T, V+1), alpha (B, T, K)."""
@@ -118,28 +116,21 @@ class CoAttention(nn.Module):
         g = torch.tanh(self.fuse(context, z))  # (B, T, H)
         return self.logit(self.dropout(g + self.ctx_out(context))), alpha
 
-    def _split(self, state: State) -> tuple[tuple, torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = state_parts(self.rnn_type)
-        core = tuple(state[:n]) if n == 2 else state[0]
-        return core, state[n].squeeze(0), state[n + 1].squeeze(0), state[n + 2].squeeze(0)
+    def _rnn_state(self, core: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """(h, c) or (h,) -> what nn.LSTM / nn.GRU / nn.RNN take."""
+        return core if self.rnn_type == "lstm" else core[0]
 
-    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """Tokens (B,) -> log-probabilities (B, V+1) and the next state; the attention weights go to `last_alpha`."""
-        core, v, v_att, a = self._split(state)
-        o, core = self.rnn(self.embed(tokens).unsqueeze(1), core)  # (B, 1, H)
-        logits, alpha = self._predict(o, v, v_att, a)
-        self.last_alpha = alpha[:, 0]  # (B, K)
-        n = state_parts(self.rnn_type)
-        core = core if n == 2 else (core,)
-        return torch.log_softmax(logits[:, 0], dim=-1), (*core, *state[n:])
+    def step(self, tokens: torch.Tensor, state: State) -> StepOutput:
+        """Tokens (B,) -> log-probabilities (B, V+1), the next state, attention weights (B, K)."""
+        core, v, v_att, a = state
+        o, rnn_state = self.rnn(self.embed(tokens).unsqueeze(1), self._rnn_state(core))  # (B, 1, H)
+        logits, alpha = self._predict(o, v, v_att, a)  # (B, 1, V+1), (B, 1, K)
+        core = tuple(rnn_state) if isinstance(rnn_state, tuple) else (rnn_state,)
+        return torch.log_softmax(logits[:, 0], dim=-1), (core, v, v_att, a), alpha[:, 0]
 
-    def forward(self, feats: Features, tokens: torch.Tensor) -> torch.Tensor:
-        """Features and input tokens (B, T) -> log-probabilities (B, T, V+1); alphas (B, T, K) in `last_alphas`."""
-        core, v, v_att, a = self._split(self.init_state(feats))
-        o, _ = self.rnn(self.embed(tokens), core)  # (B, T, H): one fused call over all steps
-        logits, self.last_alphas = self._predict(o, v, v_att, a)
-        return torch.log_softmax(logits, dim=-1)
-
-    def select_state(self, state: State, index: torch.Tensor) -> State:
-        """Keep (and reorder or repeat) batch rows `index` of a state."""
-        return tuple(s.index_select(1, index) for s in state)
+    def teacher_force(self, feats: Features, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and input tokens (B, T) -> log-probabilities (B, T, V+1), alphas (B, T, K)."""
+        core, v, v_att, a = self.init_state(feats)
+        o, _ = self.rnn(self.embed(tokens), self._rnn_state(core))  # (B, T, H): one fused call over all steps
+        logits, alphas = self._predict(o, v, v_att, a)
+        return torch.log_softmax(logits, dim=-1), alphas

@@ -2,6 +2,8 @@
 
 Every encoder takes images as float tensors in [0, 1] of shape (B, 3, S, S) with S = `input_size`
 and normalises them itself. `grid()` gives the spatial feature map that attention decoders use.
+Backbones: the small CNN, VGG-16, ResNet-50/101, or any torchvision classifier (`torchvision:NAME`,
+see `imcap.models.torchvision_backbone`).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torchvision
 from torch import nn
 
 from imcap.errors import ImcapError
+from imcap.models import torchvision_backbone as tvb
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +136,8 @@ class ImageEncoder(nn.Module):
 
 
 def _torchvision_url(name: str) -> str:
+    if name.startswith(tvb.PREFIX):
+        return tvb.default_weights(name[len(tvb.PREFIX):]).url
     weights = {
         "vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
         "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
@@ -158,14 +163,40 @@ def _load_state(path: Path) -> dict:
     return state
 
 
+def _weights_file(name: str, weights: str | None) -> Path | None:
+    """The file to load CNN weights from (None: random init); a one-line error when the ImageNet file is not cached."""
+    if weights in (None, "", "none") or (weights == "imagenet" and name == "small"):
+        return None
+    if weights != "imagenet":
+        return Path(weights)
+    path = pretrained_weights_path(name)
+    if not path.exists():
+        raise ImcapError(
+            f"pretrained {name} weights not found: put {path.name} in {path.parent} "
+            f"(from {_torchvision_url(name)}), pass --cnn-weights PATH, or --cnn-weights none for random init"
+        )
+    return path
+
+
 def build_encoder(name: str = "small", encoding_size: int = 512, weights: str | None = "imagenet", width: int = 32, input_size: int | None = None, feature_dim: int = 0) -> ImageEncoder:
-    """Return an encoder: `name` in ENCODERS; `weights` is "imagenet" (local torch cache), None (random) or a file path.
+    """Return an encoder: `name` in ENCODERS or "torchvision:NAME"; `weights` is "imagenet" (local torch cache), None (random) or a file path.
 
     The small CNN has no ImageNet weights and always starts from random init (or from a file path).
     "none" has no CNN: only a head over precomputed features of size `feature_dim`.
+    "torchvision:NAME" is any torchvision classification model, its file the state dict torchvision saves.
     """
+    if name.startswith(tvb.PREFIX):
+        model = name[len(tvb.PREFIX):]
+        tvb.check_name(model)  # before the weights path: an unknown name has no file name either
+        size = input_size or tvb.default_input_size(model)
+        path = _weights_file(name, weights)
+        state = _load_state(path) if path is not None else None
+        backbone = tvb.TorchvisionBackbone(model, size, state, str(path))
+        if path is not None:
+            log.info("loaded %s weights from %s", name, path)
+        return ImageEncoder(backbone, encoding_size, size, name, path is not None)
     if name not in ENCODERS:
-        raise ImcapError(f"unknown CNN {name!r}; choose one of {', '.join(ENCODERS)}")
+        raise ImcapError(f"unknown CNN {name!r}; choose one of {', '.join(ENCODERS)} or {tvb.PREFIX}NAME (e.g. {tvb.PREFIX}resnet18)")
     if name == "none":
         if feature_dim <= 0:
             raise ImcapError("cnn 'none' needs precomputed features (--features-dir)")
@@ -177,14 +208,8 @@ def build_encoder(name: str = "small", encoding_size: int = 512, weights: str | 
         backbone, size = VGG16Backbone(), input_size or 224
     else:
         backbone, size = ResNetBackbone(int(name[len("resnet"):])), input_size or 224
-    pretrained = False
-    if weights not in (None, "", "none", "imagenet") or (weights == "imagenet" and name != "small"):
-        path = Path(weights) if weights != "imagenet" else pretrained_weights_path(name)
-        if weights == "imagenet" and not path.exists():
-            raise ImcapError(
-                f"pretrained {name} weights not found: put {path.name} in {path.parent} "
-                f"(from {_torchvision_url(name)}), pass --cnn-weights PATH, or --cnn-weights none for random init"
-            )
+    path = _weights_file(name, weights)
+    if path is not None:
         state = _load_state(path)
         try:
             if name == "small":
@@ -193,6 +218,5 @@ def build_encoder(name: str = "small", encoding_size: int = 512, weights: str | 
                 backbone.load_torchvision(state)  # type: ignore[operator]
         except (RuntimeError, KeyError) as exc:
             raise ImcapError(f"{path}: weights do not fit {name} ({str(exc).splitlines()[0]})") from None
-        pretrained = True
         log.info("loaded %s weights from %s", name, path)
-    return ImageEncoder(backbone, encoding_size, size, name, pretrained)
+    return ImageEncoder(backbone, encoding_size, size, name, path is not None)

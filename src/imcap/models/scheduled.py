@@ -1,15 +1,20 @@
 """Step-by-step teacher forcing with scheduled sampling (Bengio et al. 2015), for any decoder.
 
-`unroll` drives a decoder's step interface (init_state / step) over a whole target sequence. With
-`ss_prob` > 0 each input token after <START> is, with that probability, replaced by a token sampled
-from the model's own prediction at the previous step. Attention decoders (`has_attention`) leave
-their per-step weights in `decoder.last_alphas` (B, T, K) for the doubly stochastic regulariser.
+`unroll` drives a decoder's step interface (init_state / step, see models/decoder.py) over a whole
+target sequence. With `ss_prob` > 0 each input token after <START> is, with that probability, replaced
+by a token sampled from the model's own prediction at the previous step. Attention decoders also give
+back their per-step weights (B, T, K), for the doubly stochastic regulariser.
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 
 from imcap.data.vocab import NULL, START
+
+if TYPE_CHECKING:
+    from imcap.models.decoder import Decoder, Features
 
 
 def ss_probability(iteration: int, start: int, every: int, increase: float, max_prob: float) -> float:
@@ -31,20 +36,17 @@ def sample_inputs(logprobs: torch.Tensor, truth: torch.Tensor, prob: float) -> t
     return torch.where(use, sampled, truth)
 
 
-def unroll(decoder, feats, tokens: torch.Tensor, ss_prob: float = 0.0) -> torch.Tensor:
-    """Feed `tokens` (B, T) (starting with <START>) one step at a time -> log-probabilities (B, T, V+1)."""
+def unroll(decoder: Decoder, feats: Features, tokens: torch.Tensor, ss_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Feed `tokens` (B, T) (starting with <START>) one step at a time -> log-probabilities (B, T, V+1), attention (B, T, K) or None."""
     state = decoder.init_state(feats)
-    attention = getattr(decoder, "has_attention", False)
     outs: list[torch.Tensor] = []
     alphas: list[torch.Tensor] = []
     for t in range(tokens.size(1)):
         tok = tokens[:, t]  # (B,)
         if t > 0 and ss_prob > 0:
             tok = sample_inputs(outs[-1], tok, ss_prob)
-        logprobs, state = decoder.step(tok, state)  # (B, V+1)
+        logprobs, state, alpha = decoder.step(tok, state)  # (B, V+1), state, (B, K) or None
         outs.append(logprobs)
-        if attention:
-            alphas.append(decoder.last_alpha)  # (B, K)
-    if attention:
-        decoder.last_alphas = torch.stack(alphas, 1)  # (B, T, K)
-    return torch.stack(outs, 1)
+        if alpha is not None:
+            alphas.append(alpha)
+    return torch.stack(outs, 1), (torch.stack(alphas, 1) if alphas else None)

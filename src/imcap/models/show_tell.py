@@ -1,23 +1,21 @@
 """ShowTell: neuraltalk2's language model (image embedding at t=0, then <START>, then the words).
 
-Every decoder in imcap implements the same step interface, which `imcap.decoding` drives:
-    init_state(feats)            -> state after reading the image
-    step(tokens, state)          -> (log-probabilities over the vocabulary, next state)
-    select_state(state, index)   -> state of the batch rows `index` (beam search, sampling n)
-A state is a tuple of tensors whose batch dimension is dim 1.
+It implements the decoder contract of models/decoder.py. Its state is ((h, c), feats) for an LSTM or
+((h,), feats) for a GRU/RNN: h and c (num_layers, B, H), feats the image embedding (B, E) that
+image_input="every" feeds at every step (None for "first").
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from imcap.models.decoder import Decoder, State, StepOutput
+
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 IMAGE_INPUTS = ("first", "every")
 
-State = tuple[torch.Tensor, ...]
 
-
-class ShowTell(nn.Module):
+class ShowTell(Decoder):
     """CNN-embedding-fed RNN language model; `vocab_size` counts tokens besides <NULL>.
 
     image_input="first" is neuraltalk2 (the image is the input at t=0, "init-inject");
@@ -27,11 +25,13 @@ class ShowTell(nn.Module):
     (lookup (V+1) x E, the LSTM's two weight matrices and biases, output H -> V+1).
     """
 
+    feature_kind = "pooled"
+    state_batch_dims = (1, 0)  # ((h[, c]) (L, B, H) each, image embedding (B, E) or None)
+
     def __init__(self, vocab_size: int, input_encoding_size: int = 512, rnn_size: int = 512, num_layers: int = 1, dropout: float = 0.5, rnn_type: str = "lstm", image_input: str = "first") -> None:
-        super().__init__()
+        super().__init__(vocab_size)
         if image_input not in IMAGE_INPUTS:
             raise ValueError(f"image_input must be one of {IMAGE_INPUTS}")
-        self.vocab_size = vocab_size
         self.input_encoding_size = input_encoding_size
         self.rnn_size = rnn_size
         self.num_layers = num_layers
@@ -43,49 +43,41 @@ class ShowTell(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.logit = nn.Linear(rnn_size, vocab_size + 1)
 
-    def _split(self, state: State | torch.Tensor | None) -> tuple[object, torch.Tensor | None]:
-        """State tuple -> (what nn.LSTM/GRU/RNN expect, image feats (1, B, E) or None)."""
-        if state is None or isinstance(state, torch.Tensor):
-            return state, None
-        n = 2 if self.rnn_type == "lstm" else 1
-        core = tuple(state[:n]) if n == 2 else state[0]
-        return core, (state[n] if len(state) > n else None)
+    def _rnn_state(self, core: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """(h, c) or (h,) -> what nn.LSTM / nn.GRU / nn.RNN take."""
+        return core if self.rnn_type == "lstm" else core[0]
 
-    def _join(self, core, feats: torch.Tensor | None) -> State:
-        parts = tuple(core) if isinstance(core, tuple) else (core,)
-        return parts + ((feats,) if feats is not None else ())
+    def _core(self, rnn_state: tuple[torch.Tensor, torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What nn.LSTM / nn.GRU / nn.RNN return -> (h, c) or (h,)."""
+        return tuple(rnn_state) if isinstance(rnn_state, tuple) else (rnn_state,)
 
     def init_state(self, feats: torch.Tensor) -> State:
         """Image embeddings (B, E) -> the state before <START>."""
         if self.image_input == "every":
-            zeros = feats.new_zeros(self.num_layers, feats.size(0), self.rnn_size)
-            core = (zeros, zeros.clone()) if self.rnn_type == "lstm" else zeros
-            return self._join(core, feats.unsqueeze(0))
-        _, core = self.rnn(feats.unsqueeze(1))  # read the image at t=0 from a zero state
-        return self._join(core, None)
+            zeros = feats.new_zeros(self.num_layers, feats.size(0), self.rnn_size)  # (L, B, H)
+            core = (zeros, zeros.clone()) if self.rnn_type == "lstm" else (zeros,)
+            return core, feats
+        _, rnn_state = self.rnn(feats.unsqueeze(1))  # read the image at t=0 from a zero state
+        return self._core(rnn_state), None
 
-    def forward_tokens(self, tokens: torch.Tensor, state: State | torch.Tensor | None) -> tuple[torch.Tensor, State]:
-        """Teacher forcing from `state`: tokens (B, T) -> logits (B, T, V+1), with one fused RNN call."""
-        core, feats = self._split(state)
+    def forward_tokens(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Teacher forcing from `state`: tokens (B, T) -> log-probabilities (B, T, V+1) and the state after them, with one fused RNN call."""
+        core, feats = state
         x = self.embed(tokens)  # (B, T, E)
         if feats is not None:
-            x = torch.cat([x, feats.squeeze(0).unsqueeze(1).expand(-1, x.size(1), -1)], dim=2)  # (B, T, 2E)
-        out, core = self.rnn(x, core)  # (B, T, H)
-        return self.logit(self.dropout(out)), self._join(core, feats)
+            x = torch.cat([x, feats.unsqueeze(1).expand(-1, x.size(1), -1)], dim=2)  # (B, T, 2E)
+        out, rnn_state = self.rnn(x, self._rnn_state(core))  # (B, T, H)
+        return torch.log_softmax(self.logit(self.dropout(out)), dim=-1), (self._core(rnn_state), feats)
 
-    def forward(self, feats: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Image embeddings (B, E) and input tokens (B, T) starting with <START> -> logits (B, T, V+1)."""
+    def teacher_force(self, feats: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """Image embeddings (B, E) and input tokens (B, T) starting with <START> -> log-probabilities (B, T, V+1), no attention."""
         if self.image_input == "every":
-            return self.forward_tokens(tokens, self.init_state(feats))[0]
+            return self.forward_tokens(tokens, self.init_state(feats))[0], None
         x = torch.cat([feats.unsqueeze(1), self.embed(tokens)], dim=1)  # (B, T+1, E)
         out, _ = self.rnn(x)  # (B, T+1, H); step 0 read the image and predicts nothing
-        return self.logit(self.dropout(out[:, 1:]))  # (B, T, V+1)
+        return torch.log_softmax(self.logit(self.dropout(out[:, 1:])), dim=-1), None  # (B, T, V+1)
 
-    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """One decoding step: tokens (B,) -> log-probabilities (B, V+1) and the next state."""
-        logits, state = self.forward_tokens(tokens.unsqueeze(1), state)
-        return torch.log_softmax(logits.squeeze(1), dim=-1), state
-
-    def select_state(self, state: State, index: torch.Tensor) -> State:
-        """Keep (and reorder or repeat) batch rows `index` of a state."""
-        return tuple(s.index_select(1, index) for s in state)
+    def step(self, tokens: torch.Tensor, state: State) -> StepOutput:
+        """One decoding step: tokens (B,) -> log-probabilities (B, V+1), the next state, no attention."""
+        logprobs, state = self.forward_tokens(tokens.unsqueeze(1), state)  # (B, 1, V+1)
+        return logprobs.squeeze(1), state, None

@@ -7,6 +7,7 @@ import numpy as np
 
 from imcap.data.vocab import Vocab
 from imcap.errors import ImcapError
+from imcap.options import validate
 from imcap.reference.data import load_array, load_prepro, overfit_set, placeholder_vocab
 from imcap.reference.gradcheck import ORDER, STEP, TOLERANCE, gradcheck
 from imcap.reference.model import CELL_TYPES, CaptioningRNN
@@ -74,8 +75,7 @@ def load_training_set(opts: ReferenceTrainOptions) -> tuple[CaptionData, Vocab, 
 
 def run_train(opts: ReferenceTrainOptions) -> int:
     """Overfit the training set, print the loss curve and greedy samples next to the true captions."""
-    if opts.num_train < 1:
-        raise ImcapError("--num-train: must be at least 1")
+    validate(opts)
     data, vocab, source = load_training_set(opts)
     model = CaptioningRNN(vocab.word_to_idx, data.features.shape[1], opts.wordvec_dim, opts.hidden_dim,
                           cell_type=opts.cell, seed=opts.seed)

@@ -115,12 +115,12 @@ class ProjectedStart(nn.Module):
         self.b_proj = nn.Parameter(torch.as_tensor(b_proj, dtype=dtype))  # (H,)
 
     def init_state(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Features (N, D) -> the decoder state before <START>: (h0,) or (h0, c0), each (1, N, H)."""
+        """Features (N, D) -> the ShowTell state before <START>: ((h0,) or (h0, c0), each (1, N, H); no image input)."""
         h0 = (features @ self.W_proj + self.b_proj).unsqueeze(0)  # (1, N, H)
-        return (h0, torch.zeros_like(h0)) if self.cell == "lstm" else (h0,)
+        return ((h0, torch.zeros_like(h0)) if self.cell == "lstm" else (h0,)), None
 
-    def step(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple]:
-        """One decoding step of the wrapped decoder: tokens (N,) -> log-probabilities (N, V), next state."""
+    def step(self, tokens: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple, None]:
+        """One decoding step of the wrapped decoder: tokens (N,) -> log-probabilities (N, V), next state, no attention."""
         return self.decoder.step(tokens, state)
 
     def select_state(self, state: tuple[torch.Tensor, ...], index: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -129,8 +129,8 @@ class ProjectedStart(nn.Module):
 
     def loss(self, features: torch.Tensor, captions: torch.Tensor, null: int = 0) -> torch.Tensor:
         """Teacher-forced cross-entropy summed over non-<NULL> targets and divided by N (CaptioningRNN.loss)."""
-        logits, _ = self.decoder.forward_tokens(captions[:, :-1], self.init_state(features))  # (N, T-1, V)
-        flat = logits.reshape(-1, logits.size(-1))  # (N*(T-1), V)
-        total = nn.functional.cross_entropy(flat, captions[:, 1:].reshape(-1), ignore_index=null, reduction="sum")
+        logprobs, _ = self.decoder.forward_tokens(captions[:, :-1], self.init_state(features))  # (N, T-1, V)
+        flat = logprobs.reshape(-1, logprobs.size(-1))  # (N*(T-1), V)
+        total = nn.functional.nll_loss(flat, captions[:, 1:].reshape(-1), ignore_index=null, reduction="sum")
         return total / captions.size(0)
 

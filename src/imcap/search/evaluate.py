@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from imcap.data.vocab import UNK, Vocab
 from imcap.errors import ImcapError
 from imcap.search.data import ImageCache, SearchData, trim
 from imcap.search.models import SearchModel
+from imcap.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def embed_images(model: SearchModel, cache: ImageCache, indices: np.ndarray, bat
     """Gallery features (G, F) of images `indices` of the cache's data set."""
     model.eval()
     out = []
-    for start in tqdm(range(0, len(indices), batch_size), desc="embed images", leave=False, disable=not progress):
+    for start in progress_bar(range(0, len(indices), batch_size), desc="embed images", unit="batch", leave=False, disable=not progress):
         out.append(model.image_features(cache.batch(indices[start:start + batch_size]).to(device)))
     return torch.cat(out)
 
@@ -41,7 +41,7 @@ def score_queries(model: SearchModel, labels: torch.Tensor, gallery: torch.Tenso
     """Scores (Q, G) of sentences (Q, L) against gallery features (G, F); the gallery is scored as one batch per query chunk."""
     model.eval()
     rows = []
-    for start in tqdm(range(0, len(labels), batch_size), desc="score queries", leave=False, disable=not progress):
+    for start in progress_bar(range(0, len(labels), batch_size), desc="score queries", unit="batch", leave=False, disable=not progress):
         tokens = trim(labels[start:start + batch_size]).to(gallery.device)
         rows.append(model.scores(model.text_features(tokens), gallery).float().cpu())
     return torch.cat(rows)
@@ -117,8 +117,8 @@ def evaluate_search(model: SearchModel, data: SearchData, split: str = "test", m
 def run_search_eval(model_path: str, data: str = "", split: str = "test", max_images: int = -1, batch_size: int = 64,
                     device: str = "auto", out: str = "", progress: bool = True) -> dict:
     """`imcap search eval`: load a model, evaluate it on a split of its (or the given) data; optionally write metrics.json."""
-    from imcap.captioner import pick_device
-    from imcap.checkpoint import atomic_write_json
+    from imcap.devices import pick_device
+    from imcap.files import atomic_write_json
     from imcap.search.models import load_search_model
 
     dev = pick_device(device)

@@ -63,7 +63,7 @@ class SearchRequest(BaseModel):
 
 def has_attention(captioner: Captioner) -> bool:
     """Whether the model's decoder gives per-word attention maps."""
-    return bool(getattr(captioner.model.decoder, "has_attention", False))
+    return captioner.has_attention
 
 
 def caption_batch(captioner: Captioner, key: CaptionKey, tensors: list[torch.Tensor]) -> list[list[dict]]:

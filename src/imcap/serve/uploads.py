@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from imcap.data.images import _DECODE_ERRORS, _upright, to_rgb
+from imcap.data.images import DECODE_ERRORS, upright, to_rgb
 from imcap.errors import ImcapError
 
 # Leading bytes of each accepted format, and PIL's name for it.
@@ -112,7 +112,7 @@ def decode_upload(upload: Upload, max_pixels: int) -> Image.Image:
         img = Image.open(io.BytesIO(upload.data), formats=[fmt])
     except Image.DecompressionBombError:
         raise _too_many_pixels(name, None, max_pixels) from None
-    except (UnidentifiedImageError, *_DECODE_ERRORS):
+    except (UnidentifiedImageError, *DECODE_ERRORS):
         raise ApiError(422, "corrupt_image", f"{name}: corrupt {fmt} image (header cannot be read)") from None
     width, height = img.size
     if width * height > max_pixels:
@@ -121,8 +121,8 @@ def decode_upload(upload: Upload, max_pixels: int) -> Image.Image:
         raise ApiError(422, "corrupt_image", f"{name}: image has zero size ({width}x{height})")
     try:
         img.load()
-        return to_rgb(_upright(img, Path(name)))
-    except _DECODE_ERRORS:
+        return to_rgb(upright(img, Path(name)))
+    except DECODE_ERRORS:
         raise ApiError(422, "corrupt_image", f"{name}: corrupt or truncated {fmt} image") from None
     except ImcapError as exc:
         raise ApiError(422, "corrupt_image", str(exc)) from None
