@@ -13,7 +13,8 @@ Two galleries:
 
 Each kind is built by `build_index_from_vectors` (what `imcap search index --embeddings F.npy --paths F.txt` runs)
 and queried by `SearchIndex.search_vectors` (what a text query runs after the sentence encoder, which costs the same
-for every kind and is left out). "today" is the index before FAISS: the float16 shards held as float32 tensors, one
+for every kind and is left out). Queries/s are 1 / the median time of a query (or 64 / that of a batch of 64), so
+that bursts of other work on shared cores do not decide them. "today" is the index before FAISS: the float16 shards held as float32 tensors, one
 matrix product and a running top-k per shard; its query code is kept below as `today_top_k`. Exact search is float32
 brute force over the original vectors (faiss.knn); the indexes store float16, as imcap's shards always have.
 
@@ -106,21 +107,28 @@ def recall(found: np.ndarray, exact: np.ndarray) -> float:
 
 
 def one_at_a_time(search: Callable[[int], object], queries: int, seconds: float) -> float:
-    """Queries/s searching queries 0, 1, ... one per call, for all `queries` or `seconds`, whichever ends first."""
+    """Queries/s = 1 / the median time of one query, searching queries 0, 1, ... one per call, for all `queries` or
+    `seconds`, whichever ends first (the median shrugs off the bursts of other work on shared cores)."""
     search(0)
-    start, n = time.perf_counter(), 0
-    while n < queries and (n < 10 or time.perf_counter() - start < seconds):
-        search(n)
-        n += 1
-    return n / (time.perf_counter() - start)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < queries and (len(times) < 10 or time.perf_counter() - start < seconds):
+        t0 = time.perf_counter()
+        search(len(times))
+        times.append(time.perf_counter() - t0)
+    return 1 / float(np.median(times))
 
 
 def batched(search: Callable[[slice], np.ndarray], queries: int) -> tuple[float, np.ndarray]:
-    """(queries/s, rows (Q, k)) searching all queries in batches of BATCH."""
+    """(queries/s = BATCH / the median time of a full batch, rows (Q, k)) searching all queries in batches of BATCH."""
     search(slice(0, BATCH))
-    start = time.perf_counter()
-    rows = np.concatenate([search(slice(s, s + BATCH)) for s in range(0, queries, BATCH)])
-    return queries / (time.perf_counter() - start), rows
+    times, rows = [], []
+    for s in range(0, queries, BATCH):
+        t0 = time.perf_counter()
+        rows.append(search(slice(s, s + BATCH)))
+        if s + BATCH <= queries:
+            times.append(time.perf_counter() - t0)
+    return BATCH / float(np.median(times)), np.concatenate(rows)
 
 
 def row(name: str, rec: float, one: float, many: float, build: float | None, load: float | None, disk: float | None, base: tuple[float, float] | None) -> str:

@@ -99,7 +99,7 @@ def test_scst_run_logs_rewards_and_keeps_the_xe_model(tiny_data, tmp_path):
 @pytest.mark.parametrize("baseline", ["greedy", "mean"])
 def test_resume_in_the_middle_of_scst_is_exact(tiny_data, tmp_path, baseline):
     kw = dict(self_critical_after=1, sc_baseline=baseline, sc_sample_n=2, save_checkpoint_every=3, sc_entropy_weight=0.01,
-              sc_learning_rate=1e-3, sc_guard_window=1, sc_guard_patience=1)  # the safeguard acts within these few steps
+              sc_learning_rate=1e-3, sc_guard_window=2, sc_guard_patience=1)  # the safeguard watches these few steps
     train(tiny_train_options(tiny_data, tmp_path / "full", max_iters=5, **kw))
     train(tiny_train_options(tiny_data, tmp_path / "split", max_iters=3, **kw))
     train(tiny_train_options(tiny_data, tmp_path / "split", max_iters=5, resume=True, **kw))
@@ -144,28 +144,38 @@ def test_scst_trains_every_decoder(model, baseline, tiny_data, tmp_path, request
     assert all(np.isfinite(e["loss"]) for e in logged)
 
 
+def blocks(*means: float, spread: float = 0.1) -> list[float]:
+    """Rewards in blocks of 4 with the given averages; inside a block they alternate +-spread (sample std 0.115 for 0.1)."""
+    return [m + d for m in means for d in (spread, -spread, spread, -spread)]
+
+
 def test_scst_rate_is_halved_when_the_baseline_reward_falls_steadily():
-    guard = SCSTLearningRate(1e-4, window=2, patience=2)
-    rewards = [1.0, 1.0, 0.9, 0.9, 0.8, 0.8, 0.7, 0.7, 0.7, 0.7, 0.6, 0.6, 0.5, 0.5]
-    rates = [guard.step(i, r) for i, r in enumerate(rewards)]
-    # Block averages 1.0, 0.9, 0.8: two falls in a row at iteration 5 -> halved; 0.7 (fall 1), 0.7 (no fall),
-    # 0.6 (fall 1), 0.5 (fall 2) at iteration 13 -> halved again.
-    assert rates[:5] == [1e-4] * 5 and rates[5:13] == [5e-5] * 8 and rates[13] == 2.5e-5
-    assert guard.lowered == [5, 13]
-    assert guard.step(13, 0.0) == 2.5e-5 and guard.block == []  # an iteration is recorded once
-    rising = SCSTLearningRate(1e-4, window=3, patience=1)
-    assert {rising.step(i, 0.01 * i) for i in range(30)} == {1e-4}
+    # Blocks of 4: the standard error of a difference of two block means is 0.115 * sqrt(2 / 4) = 0.082, so a
+    # drop needs 3 * 0.082 = 0.245 over the last 2 blocks (patience 2).
+    guard = SCSTLearningRate(1e-4, window=4, patience=2)
+    rates = [guard.step(i, r) for i, r in enumerate(blocks(1.0, 0.9, 0.8, 0.7, 0.45))]
+    # 1.0 -> 0.9 -> 0.8 -> 0.7 is steady but only 0.2 per two blocks (noise could do it); 0.8 -> 0.7 -> 0.45 falls by 0.35.
+    assert rates[:19] == [1e-4] * 19 and rates[19] == 5e-5 and guard.lowered == [19]
+    rates = [guard.step(20 + i, r) for i, r in enumerate(blocks(0.1, 0.0, 0.6, 0.7, 0.65, 0.3))]
+    # The count starts again after a halving (0.7 -> 0.45 -> 0.1 does not count); rises break the streak; 0.7 -> 0.65 -> 0.3 halves.
+    assert guard.lowered == [19, 43] and rates[:-1] == [5e-5] * 23 and rates[-1] == 2.5e-5
+    assert guard.step(43, -5.0) == 2.5e-5 and guard.block == []  # an iteration is recorded once
+    bumpy = SCSTLearningRate(1e-4, window=4, patience=2)  # a big fall that is not steady (a rise in between)
+    assert {bumpy.step(i, r) for i, r in enumerate(blocks(1.0, 0.5, 0.6, 0.1))} == {1e-4}
+    noisy = SCSTLearningRate(1e-4, window=4, patience=2)  # the same steady fall inside much noisier rewards
+    assert {noisy.step(i, r) for i, r in enumerate(blocks(0.7, 0.5, 0.3, spread=1.0))} == {1e-4}
     off = SCSTLearningRate(1e-4, window=0, patience=1)
     assert {off.step(i, -i) for i in range(30)} == {1e-4}
 
 
 def test_scst_rate_state_round_trips():
-    a = SCSTLearningRate(1e-4, window=2, patience=1)
-    for i, r in enumerate([1.0, 1.0, 0.5]):
+    a = SCSTLearningRate(1e-4, window=4, patience=2)
+    rewards = blocks(1.0, 0.7, 0.4)
+    for i, r in enumerate(rewards[:10]):
         a.step(i, r)
-    b = SCSTLearningRate(1e-4, window=2, patience=1)
+    b = SCSTLearningRate(1e-4, window=4, patience=2)
     b.load_state_dict(a.state_dict())
-    assert [a.step(3, 0.5), a.step(4, 0.1)] == [b.step(3, 0.5), b.step(4, 0.1)] == [5e-5, 5e-5]
+    assert [a.step(10 + i, r) for i, r in enumerate(rewards[10:])] == [b.step(10 + i, r) for i, r in enumerate(rewards[10:])] == [1e-4, 5e-5]
 
 
 def test_scst_steps_use_the_sc_learning_rate_also_mid_run(tiny_data, tmp_path):

@@ -138,7 +138,8 @@ class Captioner:
         return {"model_args": asdict(self.model.args), "vocab_size": len(self.vocab), **self.info}
 
 
-def caption_paths(captioner: Captioner, paths: Sequence[str], opts: DecodeOptions, batch_size: int = 32, progress: bool = True, return_attention: bool = False, condition: str | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
+def caption_paths(captioner: Captioner, paths: Sequence[str], opts: DecodeOptions, batch_size: int = 32, progress: bool = True,
+                  return_attention: bool = False, condition: str | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
     """Caption files, folders and globs in batches; bad images are skipped.
 
     Returns ([{"file", "caption", "score", "captions"}], [(file, problem) for each skipped file]);
@@ -147,7 +148,7 @@ def caption_paths(captioner: Captioner, paths: Sequence[str], opts: DecodeOption
     "attention" (the best caption's (W+1, h, w) maps). `condition`: the text a conditioned model
     (coatt) reads for every image, e.g. the answer.
     """
-    from tqdm import tqdm
+    from imcap.progress import progress_bar
 
     from imcap.data.images import collect_images
 
@@ -156,7 +157,7 @@ def caption_paths(captioner: Captioner, paths: Sequence[str], opts: DecodeOption
     skipped: list[tuple[str, str]] = list(passed_over)
     if passed_over:
         log.warning("skipped %d file(s) that are not readable images: %s", len(passed_over), skip_summary(passed_over))
-    bar = tqdm(total=len(files), desc="caption", unit="img", disable=not progress or len(files) < 2 * batch_size)
+    bar = progress_bar(total=len(files), desc="caption", unit="img", disable=not progress or len(files) < 2 * batch_size)
     for start in range(0, len(files), batch_size):
         tensors, names = [], []
         for f in files[start : start + batch_size]:

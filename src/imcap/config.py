@@ -163,8 +163,8 @@ class TrainOptions(DeviceOptions, WorkerOptions, OptimOptions, CnnOptions, LoopO
     lr_schedule: str = opt("step", "learning-rate schedule: step (neuraltalk2 halving, see --learning-rate-decay-start) or noam (warm-up, then inverse square root; --learning-rate is the peak)", choices=("step", "noam"))
     warmup_steps: int = opt(0, "linear learning-rate warm-up over this many iterations (noam: its peak iteration; 0: none)", min=0)
     sc_learning_rate: float = opt(2e-5, "SCST: language model learning rate while self-critical (replaces --learning-rate and its schedule, also when SCST starts mid-run)", gt=0.0)
-    sc_guard_window: int = opt(10, "SCST safeguard: average the baseline reward over blocks of this many iterations (0: safeguard off)", min=0)
-    sc_guard_patience: int = opt(4, "SCST safeguard: halve the SCST learning rate when the block average fell this many times in a row", min=1)
+    sc_guard_window: int = opt(25, "SCST safeguard: average the baseline reward over blocks of this many iterations (0: safeguard off)", min=2, allow=(0,))
+    sc_guard_patience: int = opt(3, "SCST safeguard: halve the SCST learning rate when this many blocks in a row fell, by 3 standard errors in all", min=1)
 
 
 @dataclass

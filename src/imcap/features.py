@@ -19,7 +19,6 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from imcap.checkpoint import load_checkpoint, resolve_checkpoint, submodule_state
 from imcap.config import FeatureOptions
@@ -36,6 +35,7 @@ from imcap.files import (
 )
 from imcap.models.caption_model import model_args_from_dict
 from imcap.models.encoders import ImageEncoder, build_encoder
+from imcap.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def _encode(opts: FeatureOptions, data: PreproData, encoder: ImageEncoder, devic
     for f in files:
         f.open()
     row = committed = start
-    for images, _, _ in tqdm(loader, desc="features", unit="batch", disable=not opts.progress):
+    for images, _, _ in progress_bar(loader, desc="features", unit="batch", disable=not opts.progress):
         grid = encoder.grid(images.to(device))  # (B, C, h, w)
         for f in files:
             if f.path.stem == "pooled":

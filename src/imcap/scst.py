@@ -10,6 +10,7 @@ a resumed run samples exactly what an uninterrupted one would have.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -227,20 +228,23 @@ class SCSTLearningRate:
     """The language model's learning rate during SCST: `rate`, halved when the baseline reward falls steadily.
 
     The baseline reward (of the greedy caption; with --sc-baseline mean, the mean sample reward) is averaged
-    over blocks of `window` SCST iterations. When a block's average is below the previous block's `patience`
-    times in a row, the rate is halved and the count starts again: a policy pushed too far by too large a
-    step loses the reward of its greedy caption first. `window` 0 turns the safeguard off.
+    over blocks of `window` SCST iterations. The rate is halved when the last `patience` blocks each fell
+    below the one before and, together, by more than `z` standard errors of a difference of two block
+    means (from the spread of the rewards inside the blocks): a steady drop that noise rarely makes. Then
+    the count starts again. A policy pushed too far by too large a step loses the reward of its greedy
+    caption first. `window` 0 turns the safeguard off.
     """
 
     factor = 0.5
+    z = 3.0
 
     def __init__(self, rate: float, window: int, patience: int) -> None:
         self.rate = rate
         self.window = window
         self.patience = patience
         self.block: list[float] = []  # baseline rewards of the block being filled
-        self.previous: float | None = None  # the average of the last full block
-        self.falls = 0  # consecutive blocks whose average fell
+        self.means: list[float] = []  # averages of the last patience + 1 full blocks
+        self.variances: list[float] = []  # and the variances of the rewards inside them
         self.last_iteration = -1
         self.lowered: list[int] = []  # iterations at which the rate was halved
 
@@ -250,24 +254,32 @@ class SCSTLearningRate:
             return self.rate
         self.last_iteration = iteration
         self.block.append(float(baseline_reward))
-        if len(self.block) == self.window:
-            mean = sum(self.block) / self.window
-            self.block = []
-            self.falls = self.falls + 1 if self.previous is not None and mean < self.previous else 0
-            self.previous = mean
-            if self.falls >= self.patience:
-                self.rate *= self.factor
-                self.falls = 0
-                self.lowered.append(iteration)
-                log.warning("iteration %d: the SCST baseline reward fell %d blocks of %d iterations in a row; SCST learning rate lowered to %.3g",
-                            iteration + 1, self.patience, self.window, self.rate)
+        if len(self.block) < self.window:
+            return self.rate
+        rewards = np.asarray(self.block)
+        self.block = []
+        self.means = [*self.means, float(rewards.mean())][-(self.patience + 1):]
+        self.variances = [*self.variances, float(rewards.var(ddof=1)) if self.window > 1 else 0.0][-(self.patience + 1):]
+        if len(self.means) > self.patience and self._fell_steadily():
+            self.rate *= self.factor
+            self.means, self.variances = [], []
+            self.lowered.append(iteration)
+            log.warning("iteration %d: the SCST baseline reward fell steadily over the last %d blocks of %d iterations; SCST learning rate lowered to %.3g",
+                        iteration + 1, self.patience, self.window, self.rate)
         return self.rate
+
+    def _fell_steadily(self) -> bool:
+        """Every one of the last `patience` blocks below the one before, and the drop over them above z standard errors."""
+        steady = all(later < earlier for earlier, later in zip(self.means, self.means[1:]))
+        se = math.sqrt(2.0 * sum(self.variances) / len(self.variances) / self.window)
+        return steady and self.means[0] - self.means[-1] > self.z * se
 
     def state_dict(self) -> dict:
         """Everything `load_state_dict` needs for an exact resume (plain Python values)."""
-        return {"rate": self.rate, "block": list(self.block), "previous": self.previous, "falls": self.falls, "last_iteration": self.last_iteration, "lowered": list(self.lowered)}
+        return {"rate": self.rate, "block": list(self.block), "means": list(self.means), "variances": list(self.variances),
+                "last_iteration": self.last_iteration, "lowered": list(self.lowered)}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore `state_dict()`."""
-        self.rate, self.block, self.previous = state["rate"], list(state["block"]), state["previous"]
-        self.falls, self.last_iteration, self.lowered = state["falls"], state["last_iteration"], list(state["lowered"])
+        self.rate, self.block, self.means, self.variances = state["rate"], list(state["block"]), list(state["means"]), list(state["variances"])
+        self.last_iteration, self.lowered = state["last_iteration"], list(state["lowered"])

@@ -57,6 +57,10 @@ class PreproData:
             labels = np.load(root / "labels.npy", mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise ImcapError(f"{root / 'labels.npy'}: cannot read labels ({exc.__class__.__name__})") from None
+        rows = max((int(im.get("label_end", 0)) for im in images), default=0)
+        if labels.ndim != 2 or labels.shape[0] != rows or labels.shape[1] != max_length:
+            raise ImcapError(f"{root / 'labels.npy'}: shape {labels.shape} does not match images.json ({rows} captions of at most {max_length} words); "
+                             "run `imcap prepro` again")
         store = ImageStore.find(root)
         if store is not None:
             missing = store.missing([im["file_path"] for im in images])

@@ -11,7 +11,7 @@ Before any work the output folder must be writable; before encoding there must b
 before writing room for all three. The three are then written together: each to a temporary file beside it
 (written and fsynced), and only when all three are complete are they renamed into place, so a failed run
 (a full disk included) leaves the earlier outputs intact and no temporary file behind.
-numpy, tqdm and PIL are imported inside the functions that need them, so `imcap --help` stays fast.
+numpy, the progress bar and PIL are imported inside the functions that need them, so `imcap --help` stays fast.
 """
 from __future__ import annotations
 
@@ -155,12 +155,12 @@ def _listing(folder: str) -> dict[str, os.DirEntry] | None:
 
 def _drop_bad_images(records: list[ImageRecord], root: Path) -> tuple[list[ImageRecord], int]:
     """Keep the records whose image header opens; log how many were dropped and the first problem."""
-    from tqdm import tqdm
+    from imcap.progress import progress_bar
 
     from imcap.data.images import check_image
 
     kept, bad, first = [], 0, ""
-    for rec in tqdm(records, desc="checking images", unit="img", disable=None):
+    for rec in progress_bar(records, desc="checking images", unit="img"):
         try:
             check_image(root / rec.file_path)
             kept.append(rec)

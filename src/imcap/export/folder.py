@@ -100,7 +100,7 @@ def export_config(model: CaptionModel, vocab: Vocab, info: dict, source: str) ->
         "image_size": model.encoder.input_size,
         "feature_kind": model.feature_kind,
         "conditioned": model.conditioned,
-        "has_attention": bool(getattr(model.decoder, "has_attention", False)),
+        "has_attention": bool(model.decoder.has_attention),
         "vocab_size": len(vocab),
         "parameters": sum(p.numel() for p in model.parameters()),
         "source": source,

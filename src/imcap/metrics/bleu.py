@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imcap.metrics._inputs import check_pairs
 from imcap.metrics._corpus import ImageLayout, ImageRuns, image_major, image_runs, pair_lines, word_ids
+from imcap.metrics._inputs import check_pairs
 from imcap.metrics._ngrams import OrderCounts, Vocabulary, count_ngrams, encode, starts_of
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from imcap.errors import ImcapError
-from imcap.metrics._inputs import check_pairs
 from imcap.metrics._corpus import ImageLayout, ImageRuns, image_runs, pair_lines, word_ids
+from imcap.metrics._inputs import check_pairs
 from imcap.metrics._ngrams import OrderCounts, Vocabulary, count_ngrams, encode, lookup, sorted_search, starts_of
 from imcap.metrics.tokenizer import PTBTokenizer
 
@@ -134,7 +134,12 @@ class DocumentFrequency:
                 corpus_key = prefix * v + word
                 own_key = prefix * w_total + word
             n_known = len(self.keys[k - 1])
-            found, where = lookup(self.keys[k - 1], np.where(known, corpus_key, -1))
+            if k == 1 and n_known == v and (v == 0 or self.keys[0][-1] == v - 1):  # every word is a unigram:
+                found, where = known, np.where(known, word, 0)  # its id is its word id
+            else:  # only grams of corpus words with a corpus prefix can be in the corpus
+                found, where = np.zeros(len(pos), bool), np.zeros(len(pos), np.int64)
+                maybe = np.flatnonzero(known)
+                found[maybe], where[maybe] = lookup(self.keys[k - 1], corpus_key[maybe])
             gram = where.copy()
             unseen = np.flatnonzero(~found)
             n_ids = n_known

@@ -13,9 +13,9 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
+from imcap.metrics._corpus import ImageLayout, pair_lines, word_ids
 from imcap.metrics._inputs import check_pairs
-from imcap.metrics._corpus import ImageLayout, image_major, pair_lines, word_ids
-from imcap.metrics._ngrams import Vocabulary, encode, radix_argsort, starts_of
+from imcap.metrics._ngrams import radix_argsort, starts_of
 
 BETA = 1.2
 _BITS = 64
@@ -106,14 +106,6 @@ def rouge_from_lcs(lcs: np.ndarray, layout: ImageLayout, beta: float = BETA) -> 
     ok = (prec_max != 0) & (rec_max != 0)
     denom = np.where(ok, rec_max + b2 * prec_max, 1.0)
     return np.where(ok, ((1 + b2) * prec_max * rec_max) / denom, 0.0)
-
-
-def rouge_l(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[Sequence[str]]], beta: float = BETA) -> np.ndarray:
-    """Per-image ROUGE-L of token lists (pycocoevalcap splits on single spaces, keeping empty tokens)."""
-    vocab = Vocabulary()
-    ids, lengths = encode(image_major(hyps, refs), vocab)
-    layout = ImageLayout(np.fromiter(map(len, refs), np.int64, len(refs)), lengths)
-    return rouge_from_lcs(lcs_with_hypotheses(ids, layout, len(vocab)), layout, beta)
 
 
 class Rouge:
