@@ -10,7 +10,7 @@ and each decoder (show_tell, show_attend_tell, updown, transformer; all with the
 2. XE: train from scratch for the iterations that fill --budget-s seconds at that speed (so every decoder
    gets the same wall-clock time, not the same iterations), validate once at the end;
 3. score the test split (300 images): CIDEr with greedy decoding and with beam 3;
-4. SCST: continue from the XE model (`--start-from XE --self-critical-after 0`, --sc-learning-rate) for the
+4. SCST: continue from the XE model (`--start-from XE --self-critical-after 0`, --sc-learning-rate, --sc-baseline) for the
    iterations that fill --sc-budget-s seconds (speeds measured the same way), and score greedy and beam 3.
 
 Training images/s is the measured XE speed times the batch size (16 images, 5 captions each). The table
@@ -167,7 +167,7 @@ def run_xe(root: Path, data: Path, name: str, rate: float, args: argparse.Namesp
 
 def sc_options(root: Path, args: argparse.Namespace) -> dict:
     """The options that turn a run into SCST from the decoder's XE model."""
-    return dict(start_from=str(root / "xe" / "last.pt"), self_critical_after=0, sc_learning_rate=args.sc_learning_rate, sc_sample_n=5, sc_baseline="greedy")
+    return dict(start_from=str(root / "xe" / "last.pt"), self_critical_after=0, sc_learning_rate=args.sc_learning_rate, sc_sample_n=5, sc_baseline=args.sc_baseline)
 
 
 def run_scst(root: Path, data: Path, row: dict, rate: float, args: argparse.Namespace) -> dict:
@@ -253,6 +253,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=180.0, help="XE wall-clock seconds per decoder and data set")
     parser.add_argument("--sc-budget-s", type=float, default=-1.0, help="SCST seconds (default: half of --budget-s; 0: no SCST)")
     parser.add_argument("--sc-learning-rate", type=float, default=5e-5, help="SCST learning rate")
+    parser.add_argument("--sc-baseline", default="mean", choices=("greedy", "mean"),
+                        help="SCST baseline (mean: the other samples' mean reward; steadier than greedy for briefly trained models)")
     parser.add_argument("--warmup-share", type=float, default=0.15, help="transformer: warm-up iterations as a share of its XE iterations")
     parser.add_argument("--calibrate-iters", type=int, default=20, help="XE iterations of each speed measurement")
     parser.add_argument("--sc-calibrate-iters", type=int, default=8, help="SCST iterations of each speed measurement")
@@ -307,7 +309,7 @@ def main() -> None:
     blind = {r["difficulty"]: r["blind"] for r in rows if "blind" in r}
     command = "python benchmarks/bench_decoders.py " + " ".join(sys.argv[1:])
     header = (f"{command}\n{datetime.date.today()}, {platform.machine()} CPU, {torch.get_num_threads()} torch threads, "
-              f"XE budget {args.budget_s:.0f} s, SCST budget {args.sc_budget_s:.0f} s (SCST lr {args.sc_learning_rate:g}) per decoder and data set; "
+              f"XE budget {args.budget_s:.0f} s, SCST budget {args.sc_budget_s:.0f} s (SCST lr {args.sc_learning_rate:g}, {args.sc_baseline} baseline) per decoder and data set; "
               f"total {time.time() - started:.0f} s")
     lines = [header, "", table(rows), "", "Reference points (test CIDEr):"]
     for difficulty, refs in references.items():

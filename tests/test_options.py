@@ -12,8 +12,9 @@ from imcap.cli import main
 from imcap.config import CaptionOptions, DemoOptions, EvalOptions, ExplainOptions, FeatureOptions, SynthOptions, TrainOptions
 from imcap.options import field_error, flag_of
 from imcap.data.prepro import PreproOptions
+from imcap.export.options import ExportOptions
 from imcap.reference.options import ReferenceTrainOptions
-from imcap.search.options import SearchEvalOptions, SearchTrainOptions
+from imcap.search.options import SearchEvalOptions, SearchIndexOptions, SearchQueryOptions, SearchTrainOptions
 from imcap.serve.settings import ServeOptions, ServeSettings
 
 # command words and the arguments it needs besides the bad one (nothing is read before validation)
@@ -27,6 +28,9 @@ COMMANDS: dict[str, tuple[list[str], type]] = {
     "demo": (["demo", "--out", "nowhere"], DemoOptions),
     "search train": (["search", "train", "--data", "nowhere"], SearchTrainOptions),
     "search eval": (["search", "eval", "--model", "nowhere"], SearchEvalOptions),
+    "search index": (["search", "index", "--out", "nowhere"], SearchIndexOptions),
+    "search query": (["search", "query", "--index", "nowhere", "hello"], SearchQueryOptions),
+    "export": (["export", "--model", "nowhere", "--out", "nowhere"], ExportOptions),
     "prepro": (["prepro", "--input", "nowhere", "--output-dir", "nowhere"], PreproOptions),
     "reference train": (["reference", "train"], ReferenceTrainOptions),
     "serve": (["serve", "--model", "nowhere"], ServeOptions),

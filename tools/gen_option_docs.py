@@ -14,7 +14,7 @@ from imcap.data.prepro import PreproOptions
 from imcap.export.options import ExportOptions
 from imcap.options import options_table
 from imcap.reference.options import ReferenceTrainOptions
-from imcap.search.options import SearchEvalOptions, SearchTrainOptions
+from imcap.search.options import SearchEvalOptions, SearchIndexOptions, SearchQueryOptions, SearchTrainOptions
 from imcap.serve.settings import ServeOptions, ServeSettings
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "options.md"
@@ -22,6 +22,7 @@ COMMANDS = [
     ("imcap train", TrainOptions), ("imcap eval", EvalOptions), ("imcap caption", CaptionOptions), ("imcap features", FeatureOptions),
     ("imcap explain", ExplainOptions), ("imcap synth", SynthOptions), ("imcap prepro", PreproOptions), ("imcap demo", DemoOptions),
     ("imcap score", ScoreOptions), ("imcap export", ExportOptions), ("imcap search train", SearchTrainOptions), ("imcap search eval", SearchEvalOptions),
+    ("imcap search index", SearchIndexOptions), ("imcap search query", SearchQueryOptions),
     ("imcap serve", ServeOptions), ("imcap serve: batching and limits", ServeSettings), ("imcap reference train", ReferenceTrainOptions),
 ]
 

@@ -272,7 +272,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 @command
 def _add_search(sub) -> None:
     from imcap.options import add_dataclass_arguments
-    from imcap.search.options import MODELS, SearchEvalOptions, SearchTrainOptions
+    from imcap.search.options import MODELS, SearchEvalOptions, SearchIndexOptions, SearchQueryOptions, SearchTrainOptions
 
     p = sub.add_parser("search", help="natural-language image search: train/eval GNA-RNN or a dual encoder, index, query")
     ss = p.add_subparsers(dest="search_command", metavar="SUBCOMMAND", parser_class=_Parser)
@@ -284,24 +284,10 @@ def _add_search(sub) -> None:
     add_dataclass_arguments(e, SearchEvalOptions)
     e.set_defaults(func=_run_search_eval)
     i = ss.add_parser("index", help="embed image files/folders/globs (or add precomputed vectors) into a search index (created or appended to)")
-    i.add_argument("--model", default=None, help="search run directory or checkpoint file (with --embeddings: optional, the dual model that made them)")
-    i.add_argument("--images", default=None, nargs="+", metavar="PATH", help="image files, folders or glob patterns")
-    i.add_argument("--embeddings", default="", metavar="FILE.npy", help="instead of --images: precomputed unit-length vectors, an (N, D) float .npy file")
-    i.add_argument("--paths", default="", metavar="FILE.txt", help="with --embeddings: the N image paths, one per line, in row order")
-    i.add_argument("--out", required=True, help="index folder (created, or appended to when it exists)")
-    i.add_argument("--kind", default="auto", choices=("auto", "flat", "ivf", "hnsw"),
-                   help="search structure: flat (exact), ivf, hnsw; auto: flat below 100,000 images, else ivf (gna: always flat)")
-    i.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    i.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    add_dataclass_arguments(i, SearchIndexOptions)
     i.set_defaults(func=_run_search_index)
     q = ss.add_parser("query", help="the images of an index that best match a sentence")
-    q.add_argument("text", nargs="+", help="the sentence, e.g. \"a man in a red jacket\"")
-    q.add_argument("--index", required=True, help="index folder written by `imcap search index`")
-    q.add_argument("-k", type=int, default=10, help="number of hits (default: 10)")
-    q.add_argument("--html", default="", help="also write an HTML page of the hits here")
-    q.add_argument("--model", default=None, help="check that the index was built with this model (an index of precomputed vectors: the model that embeds the query)")
-    q.add_argument("--device", default="cpu", help="cpu, cuda, auto")
-    q.add_argument("--json", action="store_true", help="print JSON")
+    add_dataclass_arguments(q, SearchQueryOptions)
     q.set_defaults(func=_run_search_query)
 
 
@@ -339,20 +325,25 @@ def _run_search_eval(args: argparse.Namespace) -> int:
 
 
 def _run_search_index(args: argparse.Namespace) -> int:
+    from imcap.options import dataclass_from_args
+    from imcap.search.options import SearchIndexOptions
+
+    o = dataclass_from_args(SearchIndexOptions, args)
+    if o.embeddings:
+        if o.images:
+            raise ImcapError("--embeddings and --images: give one of them (vectors, or images to embed)")
+        if not o.paths:
+            raise ImcapError("--embeddings needs --paths FILE.txt: the image paths of its rows, one per line")
+    elif o.paths:
+        raise ImcapError("--paths goes with --embeddings (precomputed vectors); to embed images give --images")
+    elif not o.images or not o.model:
+        raise ImcapError("search index needs --model RUN and --images PATH ... (or --embeddings FILE.npy --paths FILE.txt)")
     from imcap.search.index import build_index, build_index_from_vectors
 
-    if args.embeddings:
-        if args.images:
-            raise ImcapError("--embeddings and --images: give one of them (vectors, or images to embed)")
-        if not args.paths:
-            raise ImcapError("--embeddings needs --paths FILE.txt: the image paths of its rows, one per line")
-        r = build_index_from_vectors(args.embeddings, args.paths, args.out, args.model, args.kind)
+    if o.embeddings:
+        r = build_index_from_vectors(o.embeddings, o.paths, o.out, o.model or None, o.kind)
     else:
-        if args.paths:
-            raise ImcapError("--paths goes with --embeddings (precomputed vectors); to embed images give --images")
-        if not args.images or not args.model:
-            raise ImcapError("search index needs --model RUN and --images PATH ... (or --embeddings FILE.npy --paths FILE.txt)")
-        r = build_index(args.model, args.images, args.out, args.batch_size, args.device, kind=args.kind)
+        r = build_index(o.model, o.images, o.out, o.batch_size, o.device, kind=o.kind)
     print(f"{r.path}: added {r.added} image(s), {r.already} already indexed, {r.total} in total ({r.kind} index)")
     if r.skipped:
         sys.stderr.write(f"imcap: skipped {len(r.skipped)} bad image(s) (first: {r.skipped[0][1]})\n")
@@ -362,19 +353,23 @@ def _run_search_index(args: argparse.Namespace) -> int:
 def _run_search_query(args: argparse.Namespace) -> int:
     import json
 
+    from imcap.options import dataclass_from_args
+    from imcap.search.options import SearchQueryOptions
+
+    o = dataclass_from_args(SearchQueryOptions, args)
     from imcap.search.index import load_index, write_hits_html
 
-    text = " ".join(args.text)
-    index = load_index(args.index, args.device, args.model)
-    hits = index.query(text, args.k)
-    if args.json:
+    text = " ".join(o.text)
+    index = load_index(o.index, o.device, o.model or None)
+    hits = index.query(text, o.k)
+    if o.json:
         print(json.dumps({"query": text, "kind": index.kind, "hits": [{"path": p, "score": s} for p, s in hits]}, indent=2))
     else:
         for rank, (path, score) in enumerate(hits, 1):
             print(f"{rank:>3}  {score:.4f}  {path}")
-    if args.html:
-        write_hits_html(args.html, text, hits, index.kind)
-        sys.stderr.write(f"wrote {args.html}\n")
+    if o.html:
+        write_hits_html(o.html, text, hits, index.kind)
+        sys.stderr.write(f"wrote {o.html}\n")
     return 0
 
 

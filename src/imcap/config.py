@@ -7,12 +7,19 @@ come from these classes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, fields
 
 from imcap.devices import device_name_error
-from imcap.options import opt, redefault
+from imcap.options import opt, redefault, validate
 
 OPTIMIZERS = ("adam", "sgd", "sgdm", "rmsprop", "adagrad")
+
+
+def workers_error(count: int) -> str | None:
+    """Why `count` DataLoader workers is too many for this machine (each is a process holding the data set)."""
+    most = 4 * (os.cpu_count() or 1)
+    return f"must be at most {most} on this machine (4 per core) (got {count})" if count > most else None
 
 
 # ---------------------------------------------------------------- shared groups
@@ -28,7 +35,8 @@ class DeviceOptions:
 class WorkerOptions:
     """DataLoader worker processes."""
 
-    num_workers: int = opt(-1, "DataLoader worker processes (-1: chosen from the core count; 0: load in the main process)", min=0, allow=(-1,))
+    num_workers: int = opt(-1, "DataLoader worker processes (-1: chosen from the core count; 0: load in the main process)", min=0, allow=(-1,),
+                           check=workers_error)
 
 
 @dataclass
@@ -50,12 +58,12 @@ class DecodingOptions(BeamOptions):
     top_k: int = opt(0, "sample from the k most likely words (0: all)", min=0)
     top_p: float = opt(1.0, "nucleus sampling: smallest set of words with this much probability", gt=0.0, max=1.0)
 
-    def decode_options(self):
-        """These options as `imcap.decoding.DecodeOptions`."""
-        from imcap.decoding import DecodeOptions
+    def __post_init__(self) -> None:
+        validate(self)  # also for Python callers: DecodeOptions(beam_size=0) is an error, not greedy decoding
 
-        return DecodeOptions(beam_size=self.beam_size, max_length=self.max_length, sample=self.sample, temperature=self.temperature,
-                             top_k=self.top_k, top_p=self.top_p, length_penalty=self.length_penalty, n=self.n)
+    def decode_options(self) -> DecodingOptions:
+        """Only the decoding fields (what `imcap.decoding` reads), from a command's options."""
+        return DecodingOptions(**{f.name: getattr(self, f.name) for f in fields(DecodingOptions)})
 
 
 @dataclass

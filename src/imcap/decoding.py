@@ -7,28 +7,17 @@ per-word attention weights that `step` gives for decoders with `has_attention`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
+from imcap.config import DecodingOptions
 from imcap.data.vocab import END, NULL, START
 from imcap.models.decoder import Decoder, Features, feature_batch, repeat_features
 
 __all__ = ["DecodeOptions", "Features", "beam_search", "decode", "decode_steps", "feature_batch", "greedy", "repeat_features", "sample"]
 
 
-@dataclass
-class DecodeOptions:
-    """How to turn a model's step distribution into captions."""
-
-    beam_size: int = 1
-    max_length: int = 16
-    sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    length_penalty: float = 0.0
-    n: int = 1
+DecodeOptions = DecodingOptions  # how to turn a model's step distribution into captions; defined (and validated) in config.py
 
 
 def _mask_special(logprobs: torch.Tensor, last: bool = False) -> torch.Tensor:

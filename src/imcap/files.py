@@ -185,7 +185,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], needed_bytes: 
         os.replace(tmp, path)
         tmp = None
         _kill_point("renamed", path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except (OSError, RuntimeError) as exc:
         written = tmp.stat().st_size if tmp is not None and tmp.exists() else 0
         cause = disk_cause(exc, nearly_full(path.parent))
@@ -198,7 +198,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], needed_bytes: 
         raise disk_error(path, cause, needed_bytes, written)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make a rename in `folder` durable (no-op where directories cannot be opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -129,7 +129,7 @@ def _bad_vectors(folder, case: str) -> list[str]:
     ("repeat", [], "line 40 repeats line 1"),
     ("good", ["--model", "{gna}"], "need a dual model"),
     ("good", ["--images", "{gallery}"], "give one of them"),
-    ("good", ["--kind", "lsh"], "invalid choice"),
+    ("good", ["--kind", "lsh"], "--kind must be one of"),
     ("none", ["--model", "{dual}", "--paths", "{txt}"], "--paths goes with --embeddings"),
     ("none", ["--embeddings", "{npy}"], "needs --paths"),
     ("none", ["--model", "{dual}"], "needs --model RUN and --images"),

@@ -33,7 +33,7 @@ from imcap.data.fingerprint import data_fingerprint
 from imcap.data.vocab import Vocab
 from imcap.errors import ImcapError
 from imcap.export.card import model_card
-from imcap.files import reporting_disk_errors
+from imcap.files import fsync_dir, reporting_disk_errors
 from imcap.models.caption_model import CaptionModel, build_model, model_args_from_dict
 
 FORMAT = "imcap-export"
@@ -158,31 +158,17 @@ def _replace_folder(out: Path, fill: Callable[[Path], None]) -> None:
             os.chmod(f, 0o666 & ~umask)
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync(tmp)
+        fsync_dir(tmp)
         if out.is_dir() and any(out.iterdir()):
             old = out.parent / f".{out.name}.old.tmp"
             shutil.rmtree(old, ignore_errors=True)
             os.replace(out, old)
         os.replace(tmp, out)  # also replaces an empty folder
-        _fsync(out.parent)
+        fsync_dir(out.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync(folder: Path) -> None:
-    """Make the entries of `folder` durable (no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_config(folder: str | Path) -> dict:

@@ -10,8 +10,11 @@ if TYPE_CHECKING:
     from imcap.search.index import SearchIndex
 
 
-def load_index(path: str, device: str = "cpu", model: str | None = None) -> SearchIndex:
-    """Open a search index written by `imcap search index` and the model it records (or check it is `model`)."""
-    from imcap.search.index import load_index as _load
+def load_index(path: str, device: str = "cpu", model: str | None = None, vectors_only: bool = False) -> SearchIndex:
+    """Open a search index written by `imcap search index` and the model it records (or check it is `model`).
 
-    return _load(path, device, model)
+    `vectors_only`: an index of precomputed vectors, queried with vectors (no model needed).
+    """
+    from imcap.search import index
+
+    return index.load_index(path, device, model, vectors_only=vectors_only)

@@ -52,3 +52,30 @@ class SearchEvalOptions(DeviceOptions):
     batch_size: int = opt(64, "images per batch", min=1)
     out: str = opt("", "folder for metrics.json")
     json: bool = opt(False, "print JSON")
+
+
+@dataclass
+class SearchIndexOptions(DeviceOptions):
+    """Options of `imcap search index`: embed images (or add precomputed vectors) into an index."""
+
+    out: str = opt("", "index folder (created, or appended to when it exists)", required=True)
+    model: str = opt("", "search run directory or checkpoint file (with --embeddings: optional, the dual model that made them)")
+    images: list[str] = opt([], "image files, folders or glob patterns", metavar="PATH")
+    embeddings: str = opt("", "instead of --images: precomputed unit-length vectors, an (N, D) float .npy file", metavar="FILE.npy")
+    paths: str = opt("", "with --embeddings: the N image paths, one per line, in row order", metavar="FILE.txt")
+    kind: str = opt("auto", "search structure: flat (exact), ivf, hnsw; auto: flat below 100,000 images, else ivf (gna: always flat)",
+                    choices=("auto", "flat", "ivf", "hnsw"))
+    batch_size: int = opt(64, "images per batch", min=1)
+
+
+@dataclass
+class SearchQueryOptions(DeviceOptions):
+    """Options of `imcap search query`: the images of an index that best match a sentence."""
+
+    text: list[str] = opt([], 'the sentence, e.g. "a man in a red jacket"', positional=True, metavar="TEXT")
+    index: str = opt("", "index folder written by `imcap search index`", required=True)
+    k: int = opt(10, "number of hits", min=1, flag="-k")
+    html: str = opt("", "also write an HTML page of the hits here")
+    model: str = opt("", "check that the index was built with this model (an index of precomputed vectors: the model that embeds the query)")
+    device: str = redefault(DeviceOptions, "device", "cpu")
+    json: bool = opt(False, "print JSON")
