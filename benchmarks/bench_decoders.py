@@ -93,6 +93,11 @@ def trained(run: Path) -> tuple[int, float]:
     return last["iteration"], last["time"]
 
 
+def finished(run: Path, iters: int) -> bool:
+    """Whether `run` already trained its `iters` iterations (a rerun after a crash in scoring skips it)."""
+    return (run / "last.pt").exists() and (run / "history.json").exists() and trained(run)[0] == iters
+
+
 def speed(run: Path, skip: int) -> float:
     """Iterations per second of a run after its first `skip` iterations (caches, first batches)."""
     steps = [e for e in json.loads((run / "history.json").read_text())["train_loss"] if e["iteration"] >= skip]
@@ -153,8 +158,9 @@ def run_xe(root: Path, data: Path, name: str, rate: float, args: argparse.Namesp
     recipe = xe_recipe(name, iters, args.warmup_share)
     log(f"{root.parent.name}/{name}: {rate:.2f} it/s -> {iters} XE iterations")
     run = root / "xe"
-    shutil.rmtree(run, ignore_errors=True)
-    train(train_options(data, run, recipe, iters, args.seed))
+    if not finished(run, iters):
+        shutil.rmtree(run, ignore_errors=True)
+        train(train_options(data, run, recipe, iters, args.seed))
     xe_iters, xe_seconds = trained(run)
     row = {"decoder": name, "difficulty": root.parent.name, "xe_iters": xe_iters, "xe_seconds": xe_seconds,
            "images_per_s": rate * BATCH, "recipe": recipe}
@@ -178,8 +184,9 @@ def run_scst(root: Path, data: Path, row: dict, rate: float, args: argparse.Name
     iters = max(5, round(rate * args.sc_budget_s))
     log(f"{root.parent.name}/{row['decoder']}: {rate:.2f} SCST it/s -> {iters} SCST iterations")
     run = root / "scst"
-    shutil.rmtree(run, ignore_errors=True)
-    train(train_options(data, run, dict(row["recipe"], **sc_options(root, args)), iters, args.seed))
+    if not finished(run, iters):
+        shutil.rmtree(run, ignore_errors=True)
+        train(train_options(data, run, dict(row["recipe"], **sc_options(root, args)), iters, args.seed))
     row = dict(row, sc_images_per_s=rate * BATCH)
     row["sc_iters"], row["sc_seconds"] = trained(run)
     row["sc_greedy"], _ = cider(run / "last.pt", 1, root / "eval-sc-greedy")

@@ -56,6 +56,18 @@ def main(argv: list[str] | None = None) -> None:
     except ImcapError as exc:
         sys.stderr.write(f"imcap: error: {exc}\n")
         sys.exit(2)
+    except OSError as exc:  # a path the user gave: unwritable, a file where a folder belongs, a read-only disk, ...
+        where = exc.filename2 or exc.filename
+        sys.stderr.write(f"imcap: error: {where + ': ' if where else ''}{(exc.strerror or str(exc)).lower()}\n")
+        sys.exit(2)
+    except MemoryError:
+        sys.stderr.write("imcap: error: out of memory: use smaller sizes (--batch-size, --rnn-size, --image-size, ...)\n")
+        sys.exit(2)
+    except RuntimeError as exc:
+        if "can't allocate memory" not in str(exc) and "out of memory" not in str(exc).lower():
+            raise
+        sys.stderr.write("imcap: error: out of memory: use smaller sizes (--batch-size, --rnn-size, --image-size, ...)\n")
+        sys.exit(2)
     except KeyboardInterrupt:
         sys.stderr.write("imcap: interrupted\n")
         sys.exit(130)

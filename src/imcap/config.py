@@ -22,6 +22,29 @@ def workers_error(count: int) -> str | None:
     return f"must be at most {most} on this machine (4 per core) (got {count})" if count > most else None
 
 
+def processes_error(count: int) -> str | None:
+    """Why `count` local processes is too many: more than this machine's cores (or GPUs, where there are more)."""
+    if count <= (os.cpu_count() or 1):
+        return None
+    most = max(os.cpu_count() or 1, _gpu_count())
+    return f"must be at most {most} on this machine (one per core or GPU) (got {count})" if count > most else None
+
+
+def _gpu_count() -> int:
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return 0
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def nonempty_error(value: str) -> str | None:
+    """An empty path would mean the current directory: refuse it."""
+    return "must not be empty" if not value else None
+
+
 # ---------------------------------------------------------------- shared groups
 @dataclass
 class DeviceOptions:
@@ -43,7 +66,7 @@ class WorkerOptions:
 class BeamOptions:
     """Beam search width and length penalty."""
 
-    beam_size: int = opt(1, "beam size (1: greedy)", min=1)
+    beam_size: int = opt(1, "beam size (1: greedy)", min=1, max=1000)
     length_penalty: float = opt(0.0, "beam length penalty alpha (GNMT; 0: off)", min=0.0)
 
 
@@ -51,8 +74,8 @@ class BeamOptions:
 class DecodingOptions(BeamOptions):
     """How captions are drawn from a model: search or sampling."""
 
-    max_length: int = opt(16, "longest caption in words", min=1)
-    n: int = opt(1, "captions per image", min=1, flag="--num-captions", short="-n")
+    max_length: int = opt(16, "longest caption in words", min=1, max=1000)
+    n: int = opt(1, "captions per image", min=1, max=1000, flag="--num-captions", short="-n")
     sample: bool = opt(False, "sample instead of searching")
     temperature: float = opt(1.0, "sampling temperature", gt=0.0)
     top_k: int = opt(0, "sample from the k most likely words (0: all)", min=0)
@@ -72,8 +95,8 @@ class CnnOptions:
 
     cnn: str = opt("small", "image encoder: small (trains from scratch), vgg16, resnet50, resnet101, or torchvision:NAME (neuraltalk2: cnn_proto/cnn_model)")
     cnn_weights: str = opt("imagenet", "CNN weights: imagenet (local torch cache), none (random), or a file path")
-    cnn_width: int = opt(32, "channels of the small CNN's first layer", min=1)
-    image_size: int = opt(0, "input side in pixels (0: the CNN's own, 64 small / 224 others)", min=16, allow=(0,))
+    cnn_width: int = opt(32, "channels of the small CNN's first layer", min=1, max=1024)
+    image_size: int = opt(0, "input side in pixels (0: the CNN's own, 64 small / 224 others)", min=16, max=4096, allow=(0,))
 
 
 @dataclass
@@ -102,15 +125,15 @@ class LoopOptions:
     """The training loop: run directory, length, batch, validation and checkpoint cadence, seed."""
 
     data: str = opt("", "prepro directory written by `imcap prepro` (neuraltalk2: input_h5/input_json)")
-    checkpoint_path: str = opt("runs/train", "run directory for checkpoints, history and curves")
+    checkpoint_path: str = opt("runs/train", "run directory for checkpoints, history and curves", check=nonempty_error)
     resume: bool = opt(False, "continue the run in --checkpoint-path exactly where it stopped, with its saved options")
     max_iters: int = opt(-1, "stop after this many iterations (-1: no limit)", min=1, allow=(-1,))
     max_epochs: int = opt(-1, "stop after this many epochs (-1: no limit)", min=1, allow=(-1,))
-    batch_size: int = opt(16, "images per batch", min=1)
+    batch_size: int = opt(16, "images per batch", min=1, max=1_000_000)
     val_images_use: int = opt(3200, "validation images per evaluation (-1: all)", min=1, allow=(-1,))
     save_checkpoint_every: int = opt(2500, "validate and checkpoint every this many iterations", min=1)
     losses_log_every: int = opt(25, "record the training loss every this many iterations", min=1)
-    seed: int = opt(123, "random seed", min=0)
+    seed: int = opt(123, "random seed", min=0, max=2**32 - 1)
 
 
 # Options a `--resume` may change (typed explicitly): they do not change what the run computes.
@@ -129,9 +152,9 @@ class TrainOptions(DeviceOptions, WorkerOptions, OptimOptions, CnnOptions, LoopO
     model: str = opt("show_tell", "decoder: show_tell (neuraltalk2), show_attend_tell (soft attention over the CNN grid or regions), coatt (IVQA co-attention conditioned on --condition-field), "
                      "updown (two-LSTM bottom-up/top-down attention), transformer (encoder over the features, masked decoder; see --d-model)",
                      choices=("show_tell", "show_attend_tell", "coatt", "updown", "transformer"))
-    rnn_size: int = opt(512, "hidden units of the RNN", min=1)
-    input_encoding_size: int = opt(512, "size of word and image encodings", min=1)
-    num_layers: int = opt(1, "RNN layers (transformer: encoder and decoder layers)", min=1)
+    rnn_size: int = opt(512, "hidden units of the RNN", min=1, max=65536)
+    input_encoding_size: int = opt(512, "size of word and image encodings", min=1, max=65536)
+    num_layers: int = opt(1, "RNN layers (transformer: encoder and decoder layers)", min=1, max=64)
     rnn_type: str = opt("lstm", "RNN cell", choices=("lstm", "gru", "rnn"))
     drop_prob_lm: float = opt(0.5, "dropout in the language model", min=0.0, lt=1.0)
     image_input: str = opt("first", "where the image enters the RNN: first (neuraltalk2, t=0) or every (concatenated to each word)", choices=("first", "every"))
@@ -142,7 +165,7 @@ class TrainOptions(DeviceOptions, WorkerOptions, OptimOptions, CnnOptions, LoopO
     ss_increase_prob: float = opt(0.05, "raise the scheduled-sampling probability by this much each time", min=0.0, max=1.0)
     ss_max_prob: float = opt(0.25, "up to this probability", min=0.0, max=1.0)
     # training
-    seq_per_img: int = opt(5, "captions per image in a batch (the CNN runs once per image)", min=1)
+    seq_per_img: int = opt(5, "captions per image in a batch (the CNN runs once per image)", min=1, max=1000)
     language_eval: bool = opt(False, "compute BLEU/METEOR/ROUGE_L/CIDEr on validation; keep the best checkpoint by CIDEr")
     max_loss_factor: float = opt(3.0, "stop when the loss exceeds this times ln(vocabulary size) (exploding)", gt=0.0)
     id: str = opt("", "an id for this run, stored in its checkpoints")
@@ -159,7 +182,7 @@ class TrainOptions(DeviceOptions, WorkerOptions, OptimOptions, CnnOptions, LoopO
     amp_dtype: str = opt("auto", "--amp dtype", choices=("auto", "bf16", "fp16"))
     compile: bool = opt(False, "torch.compile the model (falls back to eager with a warning when compiling fails)")
     channels_last: bool = opt(True, "channels_last memory format for the CNN on GPUs")
-    nproc: int = opt(1, "train with this many processes on this machine (runs torchrun; --batch-size is per process)", min=1)
+    nproc: int = opt(1, "train with this many processes on this machine (runs torchrun; --batch-size is per process)", min=1, check=processes_error)
     # decoders (issue 16): the transformer, its schedule and loss, the SCST learning rate and its safeguard
     d_model: int = opt(512, "transformer: width of the encoder and decoder layers", min=1)
     num_heads: int = opt(8, "transformer: attention heads (must divide --d-model)", min=1)
@@ -184,7 +207,7 @@ class EvalOptions(DeviceOptions, BeamOptions):
     features_dir: str = opt("", "precomputed features instead of images (default: the ones the model was trained on, if any)")
     split: str = opt("test", "split to evaluate", choices=("train", "val", "test"))
     max_images: int = opt(-1, "evaluate only the first N images (-1: all)", min=1, allow=(-1,))
-    batch_size: int = opt(32, "images per batch", min=1)
+    batch_size: int = opt(32, "images per batch", min=1, max=1_000_000)
     out: str = opt("", "output directory (default: RUN/eval-SPLIT)")
     html_images: int = opt(60, "images shown in the HTML report", min=0)
 
@@ -195,9 +218,9 @@ class CaptionOptions(DeviceOptions, WorkerOptions, DecodingOptions):
 
     paths: list[str] = opt([], "image files, folders or glob patterns", positional=True, metavar="PATH")
     model: str = opt("", "run directory, checkpoint file or export folder", required=True)
-    batch_size: int = opt(32, "images per batch", min=1)
+    batch_size: int = opt(32, "images per batch", min=1, max=1_000_000)
     out: str = opt("", "write one JSON object per image to this .jsonl (or .parquet) file; a rerun skips images already in it")
-    nproc: int = opt(1, "with --out: caption in this many local processes, each writing its own part, merged at the end", min=1)
+    nproc: int = opt(1, "with --out: caption in this many local processes, each writing its own part, merged at the end", min=1, check=processes_error)
     json: bool = opt(False, "print JSON instead of text")
     attention: str = opt("", "attention models: write OUT_DIR/<image>.png, the attention map of every generated word", metavar="OUT_DIR")
     condition: str = opt("", "conditioned models (coatt): the text to condition on for every image, e.g. the answer")
@@ -225,7 +248,7 @@ class FeatureOptions(DeviceOptions, WorkerOptions, CnnOptions):
     store: str = opt("auto", "pooled (one D vector per image: show_tell), spatial (the K x C grid: attention decoders) or both; "
                      "auto: what --model's decoder reads, pooled without --model", choices=("auto", "pooled", "spatial", "both"))
     kinds: str = opt("", "old name of --store: pooled, spatial or pooled,spatial")
-    batch_size: int = opt(32, "images per batch", min=1)
+    batch_size: int = opt(32, "images per batch", min=1, max=1_000_000)
     commit_every: int = opt(1024, "make the images done durable (what a rerun after a kill continues from) every this many images", min=1)
 
 
@@ -234,8 +257,8 @@ class SynthOptions:
     """`imcap synth`: the built-in synthetic scenes."""
 
     out: str = opt("", "output directory (new, empty, or an earlier synth output)", required=True)
-    images: int = opt(3000, "number of images", min=1)
-    seed: int = opt(123, "random seed; same seed, same bytes", min=0)
+    images: int = opt(3000, "number of images", min=1, max=10_000_000)
+    seed: int = opt(123, "random seed; same seed, same bytes", min=0, max=2**32 - 1)
     size: int = opt(64, "image side in pixels", min=64, max=128)
     task: str = opt("captions", "captions, or vqa: question/answer pairs about each scene (train `--model coatt` on answer -> question)", choices=("captions", "vqa"))
     difficulty: str = opt("normal", "normal: 1-3 objects; hard: 3-6 overlapping, textured objects, counting and long-range relations", choices=("normal", "hard"))

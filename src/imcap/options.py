@@ -161,9 +161,11 @@ def _describe_range(meta: dict) -> str:
 
 
 def field_error(f: dataclasses.Field, value: Any) -> str | None:
-    """Why `value` breaks the rules of field `f` (None when it is fine)."""
+    """Why `value` breaks the rules of field `f` (None when it is fine); a required option may not be empty."""
     meta = f.metadata
     flag = flag_of(f)
+    if (meta.get("required") or meta.get("positional")) and value in ("", []):
+        return f"{flag} must not be empty"
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         return f"{flag} must be one of {', '.join(map(str, choices))} (got {value!r})"

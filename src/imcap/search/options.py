@@ -49,7 +49,7 @@ class SearchEvalOptions(DeviceOptions):
     data: str = opt("", "data to evaluate on (default: the data the model was trained on)")
     split: str = opt("test", "split", choices=("train", "val", "test"))
     max_images: int = opt(-1, "gallery size: the first N images of the split (-1: all)", min=1, allow=(-1,))
-    batch_size: int = opt(64, "images per batch", min=1)
+    batch_size: int = opt(64, "images per batch", min=1, max=1_000_000)
     out: str = opt("", "folder for metrics.json")
     json: bool = opt(False, "print JSON")
 
@@ -65,7 +65,7 @@ class SearchIndexOptions(DeviceOptions):
     paths: str = opt("", "with --embeddings: the N image paths, one per line, in row order", metavar="FILE.txt")
     kind: str = opt("auto", "search structure: flat (exact), ivf, hnsw; auto: flat below 100,000 images, else ivf (gna: always flat)",
                     choices=("auto", "flat", "ivf", "hnsw"))
-    batch_size: int = opt(64, "images per batch", min=1)
+    batch_size: int = opt(64, "images per batch", min=1, max=1_000_000)
 
 
 @dataclass
@@ -74,7 +74,7 @@ class SearchQueryOptions(DeviceOptions):
 
     text: list[str] = opt([], 'the sentence, e.g. "a man in a red jacket"', positional=True, metavar="TEXT")
     index: str = opt("", "index folder written by `imcap search index`", required=True)
-    k: int = opt(10, "number of hits", min=1, flag="-k")
+    k: int = opt(10, "number of hits", min=1, max=100_000, flag="-k")
     html: str = opt("", "also write an HTML page of the hits here")
     model: str = opt("", "check that the index was built with this model (an index of precomputed vectors: the model that embeds the query)")
     device: str = redefault(DeviceOptions, "device", "cpu")
