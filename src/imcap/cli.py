@@ -97,7 +97,7 @@ def _run_synth(args) -> int:
     from imcap.data.synth import generate_scenes
 
     extra = {"difficulty": opts.difficulty} if opts.difficulty != "normal" else {}
-    path = generate_scenes(opts.out, num_images=opts.images, seed=opts.seed, image_size=opts.size, task=opts.task, **extra)
+    path = generate_scenes(opts.out, num_images=opts.images, seed=opts.seed, image_size=opts.size, task=opts.task, progress=opts.progress, **extra)
     print(f"wrote {opts.images} images and {path}" + (" (question/answer pairs)" if opts.task == "vqa" else ""))
     return 0
 
@@ -118,6 +118,9 @@ def _run_prepro(args) -> int:
     from imcap.data.prepro import PreproOptions, format_stats, prepro
     from imcap.options import dataclass_from_args
 
+    for flag, value in (("--input", args.input), ("--output-dir", args.output_dir)):
+        if not value:
+            raise ImcapError(f"{flag} must not be empty")
     opts = dataclass_from_args(PreproOptions, args)
     stats = prepro(opts)
     print(format_stats(stats))
@@ -410,6 +413,8 @@ def _single_threaded_blas() -> None:
 
 
 def _run_reference_gradcheck(args: argparse.Namespace) -> int:
+    if not 0 <= args.seed < 2**32:
+        raise ImcapError(f"--seed must be >= 0 and <= {2**32 - 1} (got {args.seed})")
     _single_threaded_blas()
     from imcap.reference.cli_reference import run_gradcheck
 

@@ -261,6 +261,7 @@ class SynthOptions:
     seed: int = opt(123, "random seed; same seed, same bytes", min=0, max=2**32 - 1)
     size: int = opt(64, "image side in pixels", min=64, max=128)
     task: str = opt("captions", "captions, or vqa: question/answer pairs about each scene (train `--model coatt` on answer -> question)", choices=("captions", "vqa"))
+    progress: bool = opt(True, "show progress (plain lines when output is not a terminal)")
     difficulty: str = opt("normal", "normal: 1-3 objects; hard: 3-6 overlapping, textured objects, counting and long-range relations", choices=("normal", "hard"))
 
 

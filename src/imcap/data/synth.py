@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from imcap.data.scene_parts import (
     COLORS,
@@ -43,6 +42,7 @@ from imcap.data.synth_hard import (
 )
 from imcap.data.vocab import tokenize
 from imcap.errors import ImcapError
+from imcap.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -522,7 +522,7 @@ def generate_scenes(
     _clear_previous(out_dir)
     splits = split_of(num_images, seed)
     records = []
-    for index in tqdm(range(num_images), desc="synth", unit="img", disable=not progress):
+    for index in progress_bar(range(num_images), desc="synth", unit="img", disable=not progress):
         rng = scene_rng(seed, index)
         filename = f"{index:06d}.png"
         if difficulty == "hard":

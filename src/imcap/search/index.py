@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from imcap.checkpoint import resolve_checkpoint
 from imcap.data.images import find_images
@@ -46,6 +45,7 @@ from imcap.files import (
 from imcap.search import faiss_index
 from imcap.search.data import encode_query, load_image_uint8, pad_ids
 from imcap.search.models import LoadedModel, SearchModel, load_search_model
+from imcap.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ def _sync_structure(root: Path, manifest: dict, kind: str, progress: bool) -> st
         extendable = (old is not None and old["kind"] == chosen and old["file"] and (root / old["file"]).is_file()
                       and old["count"] <= total
                       and (chosen != "ivf" or total <= faiss_index.IVF_RETRAIN_GROWTH * old["params"]["trained_on"]))
-        bar = tqdm(total=total - (old["count"] if extendable else 0), desc=f"{chosen} structure", unit="vec",
+        bar = progress_bar(total=total - (old["count"] if extendable else 0), desc=f"{chosen} structure", unit="vec",
                    disable=not progress or total < 2 * CHUNK_ROWS)
 
         def counted(start: int) -> Iterator[np.ndarray]:
@@ -329,7 +329,7 @@ def build_index(model: str | Path, images: list[str], out: str | Path, batch_siz
     writer = _ShardWriter(out, manifest, shard_rows)
     report = IndexReport(out, 0, len(files) - len(todo), manifest["count"])
     size = loaded.model.encoder.input_size
-    bar = tqdm(total=len(todo), desc="index", unit="img", disable=not progress or len(todo) < 2 * batch_size)
+    bar = progress_bar(total=len(todo), desc="index", unit="img", disable=not progress or len(todo) < 2 * batch_size)
     for start in range(0, len(todo), batch_size):
         tensors, names = [], []
         for f in todo[start:start + batch_size]:
@@ -433,7 +433,7 @@ def build_index_from_vectors(embeddings: str | Path, paths: str | Path, out: str
     _remove_orphans(out, manifest)
     writer = _ShardWriter(out, manifest, shard_rows)
     everything = len(keep) == len(names)
-    bar = tqdm(total=len(keep), desc="index", unit="vec", disable=not progress or len(keep) < 2 * CHUNK_ROWS)
+    bar = progress_bar(total=len(keep), desc="index", unit="vec", disable=not progress or len(keep) < 2 * CHUNK_ROWS)
     for start in range(0, len(keep), CHUNK_ROWS):
         rows = keep[start:start + CHUNK_ROWS]
         feats = array[start:start + len(rows)] if everything else array[rows]  # (c, D): a slice reads the file in order

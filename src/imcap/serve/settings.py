@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imcap.config import DeviceOptions
+from imcap.config import DeviceOptions, nonempty_error
 from imcap.errors import ImcapError
 from imcap.options import opt, validate
 
@@ -35,5 +35,5 @@ class ServeOptions(DeviceOptions):
 
     model: str = opt("", "run directory, checkpoint file or export folder", required=True)
     search_index: str = opt("", "search index to load for POST /v1/search")
-    host: str = opt("127.0.0.1", "address to bind (127.0.0.1: this machine only)")
+    host: str = opt("127.0.0.1", "address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)", check=nonempty_error)
     port: int = opt(8000, "TCP port", min=1, max=65535)
