@@ -201,7 +201,7 @@ def options_table(cls: type) -> str:
         hints = typing.get_type_hints(cls)
         if hints[f.name] is bool and not meta.get("positional"):
             flag = f"{flag_of(f)} / --no-{flag_of(f)[2:]}"
-        default = "(required)" if meta.get("required") or meta.get("positional") else f"`{_default(f)}`"
+        default = "(required)" if meta.get("required") or meta.get("positional") else meta.get("doc_default") or f"`{_default(f)}`"
         allowed = ", ".join(map(str, meta["choices"])) if meta.get("choices") else _describe_range(meta)
         rows.append(f"| `{flag}` | {default} | {allowed} | {meta.get('help', '').replace('|', '/')} |")
     return "\n".join(rows) + "\n"

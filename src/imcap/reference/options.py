@@ -28,7 +28,7 @@ class ReferenceTrainOptions:
     vocab: str | None = field(default=None, metadata={"help": "vocab.json from imcap prepro (word names)"})
     num_train: int = field(default=50, metadata={"help": "captions to overfit (first ones of the data)", "min": 1})
     flickr8k: str = field(default=str(DEFAULT_FLICKR8K), metadata={
-        "help": "Flickr8k folder for the built-in set when --captions is not given (synthetic words if absent)"})
+        "help": "Flickr8k folder for the built-in set when --captions is not given (synthetic words if absent)", "doc_default": "`../shared/data/flickr8k` beside the repository"})
     feature_dim: int = field(default=512, metadata={"help": "random feature size of the built-in set", "min": 1})
     wordvec_dim: int = field(default=128, metadata={"help": "word embedding size", "min": 1})
     hidden_dim: int = field(default=128, metadata={"help": "RNN hidden size", "min": 1})
