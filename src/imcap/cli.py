@@ -199,6 +199,8 @@ def _run_caption(args: argparse.Namespace) -> int:
     from imcap.captioner import Captioner, caption_paths, skip_summary
 
     captioner = Captioner.load(opts.model, opts.device)
+    if opts.condition and not captioner.model.conditioned:
+        raise ImcapError(f"--condition: {opts.model} is not a conditioned model (train one with --model coatt)")
     results, skipped = caption_paths(captioner, opts.paths, opts.decode_options(), opts.batch_size, progress=opts.progress,
                                      return_attention=bool(opts.attention), condition=opts.condition or None)
     if opts.attention:

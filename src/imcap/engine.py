@@ -341,6 +341,9 @@ class Engine:
         if self.world.is_main:
             self.run.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.run / "options.json", dataclasses.asdict(opts))
+        if self.done() and self.saved_iteration is not None:
+            log.info("%s is already at iteration %d (epoch %d): past --max-iters %d / --max-epochs %d, nothing to train",
+                     self.run, self.iteration, self.epoch, opts.max_iters, opts.max_epochs)
         per_epoch = self.task.batches_per_epoch()
         total = opts.max_iters if opts.max_iters >= 0 else per_epoch * opts.max_epochs
         if opts.max_iters >= 0 and opts.max_epochs >= 0:
