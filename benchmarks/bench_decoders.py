@@ -8,16 +8,22 @@ and each decoder (show_tell, show_attend_tell, updown, transformer; all with the
 1. speed: short cross-entropy runs of every decoder, interleaved in rounds (median per decoder), measure
    its training iterations/s; interleaving keeps the speeds comparable when the machine is shared;
 2. XE: train from scratch for the iterations that fill --budget-s seconds at that speed (so every decoder
-   gets the same wall-clock time, not the same iterations), validate once at the end;
-3. score the test split (300 images): CIDEr with greedy decoding and with beam 3;
-4. SCST: continue from the XE model (`--start-from XE --self-critical-after 0`, --sc-learning-rate, --sc-baseline) for the
-   iterations that fill --sc-budget-s seconds (speeds measured the same way), and score greedy and beam 3.
+   gets the same wall-clock time, not the same iterations), with 4 evenly spaced validations (greedy CIDEr
+   on the 300 validation images; best.pt keeps the best, as neuraltalk2 selects its checkpoint);
+3. score that checkpoint on the test split (300 images): CIDEr with greedy decoding and with beam 3;
+4. SCST: continue from it (`--start-from XE --self-critical-after 0`, --sc-learning-rate, --sc-baseline) for the
+   iterations that fill --sc-budget-s seconds (speeds measured the same way), validate twice, and score the
+   best SCST checkpoint, greedy and beam 3.
 
 Training images/s is the measured XE speed times the batch size (16 images, 5 captions each). The table
 also shows the seconds each run really trained (on a shared machine they drift from the budget) and each
 data set's reference points (the blind caption; an oracle caption written from the true scene). It ends
 with the bars of issue 16. OUT/results.json keeps everything; a rerun reuses finished runs and measured
-speeds (delete OUT/<difficulty>/<decoder>/ and OUT/speeds-*.json to redo them).
+speeds (delete OUT/<difficulty>/<decoder>/ to redo one).
+
+`--jobs 2` runs the two data sets side by side, one process each with `--threads` torch threads (default:
+the cores divided by the jobs), then prints the table of both; decoders are only compared within a data
+set, and each process measures its decoders' speeds under the same load it trains them in.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,15 +56,17 @@ from imcap.train import train  # noqa: E402
 DECODERS = ("show_tell", "show_attend_tell", "updown", "transformer")
 DIFFICULTIES = ("normal", "hard")
 BATCH = 16
-# Per-decoder hyperparameters. The RNN decoders as imcap's demo: 256 units, dropout 0.2, Adam 1e-3 halved
-# from mid-run. The transformer: 2 encoder + 2 decoder layers of width 128 (4 heads, feed-forward 512; at
-# width 256 a step costs 3x a show_attend_tell step on a CPU, at 128 about an updown step), the noam
-# schedule (warm-up over --warmup-share of its iterations to a 1e-3 peak, then 1/sqrt decay), Adam
-# betas (0.9, 0.98) and gradient-norm clipping at 1.
+VALIDATIONS = 4  # per XE run (SCST: 2); test scores are those of the checkpoint with the best validation CIDEr
+# Per-decoder hyperparameters. The RNN decoders as imcap's demo: embeddings and features of 256, LSTMs of
+# 256 units, dropout 0.2, Adam 1e-3 halved from mid-run; updown's two LSTMs have 192 units, so that its
+# training step costs about one show_attend_tell step (at 256 its decoder costs 1.38x; docs/models.md has
+# the runs that chose it). The transformer: 2 encoder + 2 decoder layers of width 128 (4 heads, feed-forward 512), the noam
+# schedule (warm-up over --warmup-share of its iterations to a 1e-3 peak, then 1/sqrt decay), Adam betas
+# (0.9, 0.98) and gradient-norm clipping at 1.
 RECIPES: dict[str, dict] = {
     "show_tell": dict(model="show_tell", image_input="every", input_encoding_size=256, rnn_size=256, drop_prob_lm=0.2, learning_rate=1e-3),
     "show_attend_tell": dict(model="show_attend_tell", input_encoding_size=256, rnn_size=256, drop_prob_lm=0.2, learning_rate=1e-3),
-    "updown": dict(model="updown", input_encoding_size=256, rnn_size=256, drop_prob_lm=0.2, learning_rate=1e-3),
+    "updown": dict(model="updown", input_encoding_size=256, rnn_size=192, drop_prob_lm=0.2, learning_rate=1e-3),
     "transformer": dict(model="transformer", num_layers=2, d_model=128, num_heads=4, ff_size=512, transformer_dropout=0.1,
                         learning_rate=1e-3, lr_schedule="noam", optim_alpha=0.9, optim_beta=0.98, grad_clip=1.0, grad_clip_mode="norm"),
 }
@@ -76,11 +85,12 @@ def prepare_data(out: Path, difficulty: str, images: int, seed: int) -> Path:
     return data
 
 
-def train_options(data: Path, run: Path, recipe: dict, max_iters: int, seed: int, **extra) -> TrainOptions:
-    """TrainOptions of one run: the decoder's recipe, the small CNN at 64 px, one validation at the end."""
+def train_options(data: Path, run: Path, recipe: dict, max_iters: int, seed: int, validations: int = VALIDATIONS, **extra) -> TrainOptions:
+    """TrainOptions of one run: the decoder's recipe, the small CNN at 64 px, `validations` evenly spaced validations
+    (greedy CIDEr on the whole validation split; best.pt keeps the best)."""
     opts = dict(
         data=str(data), checkpoint_path=str(run), cnn="small", batch_size=BATCH, seq_per_img=5, max_iters=max_iters,
-        save_checkpoint_every=max_iters, val_images_use=100, language_eval=False, losses_log_every=1, seed=seed, progress=False,
+        save_checkpoint_every=max(1, -(-max_iters // validations)), val_images_use=-1, language_eval=True, losses_log_every=1, seed=seed, progress=False,
     )
     opts.update(recipe)
     opts.update(extra)
@@ -105,13 +115,14 @@ def speed(run: Path, skip: int) -> float:
     return (i1 - i0) / max(t1 - t0, 1e-6)
 
 
-def measure_speeds(jobs: dict[str, tuple[Path, dict]], scratch: Path, iters: int, rounds: int, seed: int, cache: Path) -> tuple[dict[str, float], dict[str, str]]:
+def measure_speeds(jobs: dict[str, tuple[Path, dict]], scratch: Path, iters: int, rounds: int, seed: int, cache: dict[str, Path]) -> tuple[dict[str, float], dict[str, str]]:
     """Iterations/s of each job {key: (data, train options)}: short runs interleaved in `rounds` rounds, median per job.
 
     Interleaving makes the speeds comparable on a shared machine: a busy minute slows every decoder's
-    runs alike. Returns (speeds, errors of the jobs that failed); speeds are cached in `cache` (JSON).
+    runs alike. Returns (speeds, errors of the jobs that failed); each job's speed is cached in the JSON
+    file `cache[key]`.
     """
-    known = json.loads(cache.read_text()) if cache.exists() else {}
+    known = {k: json.loads(cache[k].read_text())["iterations_per_s"] for k in jobs if cache[k].exists()}
     samples: dict[str, list[float]] = {k: [] for k in jobs if k not in known}
     errors: dict[str, str] = {}
     for r in range(rounds):
@@ -120,7 +131,7 @@ def measure_speeds(jobs: dict[str, tuple[Path, dict]], scratch: Path, iters: int
             run = scratch / key.replace("/", "-")
             shutil.rmtree(run, ignore_errors=True)
             try:
-                train(train_options(data, run, extra, iters, seed, losses_log_every=1, val_images_use=16))
+                train(train_options(data, run, extra, iters, seed, validations=1, val_images_use=16, language_eval=False))
             except (ImcapError, RuntimeError, ValueError) as exc:  # a decoder that fails must not stop the others
                 errors[key] = str(exc).strip().splitlines()[0][:120]
                 log(f"speed {key} failed: {errors[key]}")
@@ -128,8 +139,10 @@ def measure_speeds(jobs: dict[str, tuple[Path, dict]], scratch: Path, iters: int
             samples[key].append(speed(run, skip=max(2, iters // 4)))
             shutil.rmtree(run)
             log(f"speed {key} round {r + 1}: {samples[key][-1]:.2f} it/s")
-    known.update({k: statistics.median(v) for k, v in samples.items() if k not in errors})
-    atomic_write_json(cache, known)
+    for key, values in samples.items():
+        if key not in errors:
+            known[key] = statistics.median(values)
+            atomic_write_json(cache[key], {"iterations_per_s": known[key], "samples": values})
     return {k: known[k] for k in jobs if k in known}, errors
 
 
@@ -164,8 +177,8 @@ def run_xe(root: Path, data: Path, name: str, rate: float, args: argparse.Namesp
     xe_iters, xe_seconds = trained(run)
     row = {"decoder": name, "difficulty": root.parent.name, "xe_iters": xe_iters, "xe_seconds": xe_seconds,
            "images_per_s": rate * BATCH, "recipe": recipe}
-    row["xe_greedy"], row["blind"] = cider(run / "last.pt", 1, root / "eval-xe-greedy")
-    row["xe_beam3"], _ = cider(run / "last.pt", 3, root / "eval-xe-beam3")
+    row["xe_greedy"], row["blind"] = cider(run / "best.pt", 1, root / "eval-xe-greedy")
+    row["xe_beam3"], _ = cider(run / "best.pt", 3, root / "eval-xe-beam3")
     log(f"{root.parent.name}/{name}: XE CIDEr greedy {row['xe_greedy']:.3f}, beam 3 {row['xe_beam3']:.3f} ({xe_seconds:.0f} s)")
     atomic_write_json(result_file, row)
     return row
@@ -173,7 +186,7 @@ def run_xe(root: Path, data: Path, name: str, rate: float, args: argparse.Namesp
 
 def sc_options(root: Path, args: argparse.Namespace) -> dict:
     """The options that turn a run into SCST from the decoder's XE model."""
-    return dict(start_from=str(root / "xe" / "last.pt"), self_critical_after=0, sc_learning_rate=args.sc_learning_rate, sc_sample_n=5, sc_baseline=args.sc_baseline)
+    return dict(start_from=str(root / "xe" / "best.pt"), self_critical_after=0, sc_learning_rate=args.sc_learning_rate, sc_sample_n=5, sc_baseline=args.sc_baseline)
 
 
 def run_scst(root: Path, data: Path, row: dict, rate: float, args: argparse.Namespace) -> dict:
@@ -186,11 +199,11 @@ def run_scst(root: Path, data: Path, row: dict, rate: float, args: argparse.Name
     run = root / "scst"
     if not finished(run, iters):
         shutil.rmtree(run, ignore_errors=True)
-        train(train_options(data, run, dict(row["recipe"], **sc_options(root, args)), iters, args.seed))
+        train(train_options(data, run, dict(row["recipe"], **sc_options(root, args)), iters, args.seed, validations=2))
     row = dict(row, sc_images_per_s=rate * BATCH)
     row["sc_iters"], row["sc_seconds"] = trained(run)
-    row["sc_greedy"], _ = cider(run / "last.pt", 1, root / "eval-sc-greedy")
-    row["sc_beam3"], _ = cider(run / "last.pt", 3, root / "eval-sc-beam3")
+    row["sc_greedy"], _ = cider(run / "best.pt", 1, root / "eval-sc-greedy")
+    row["sc_beam3"], _ = cider(run / "best.pt", 3, root / "eval-sc-beam3")
     log(f"{root.parent.name}/{row['decoder']}: SCST CIDEr greedy {row['sc_greedy']:.3f}, beam 3 {row['sc_beam3']:.3f}")
     atomic_write_json(result_file, row)
     return row
@@ -254,6 +267,27 @@ def bars(rows: list[dict]) -> list[tuple[str, bool | None]]:
     return out
 
 
+def run_side_by_side(out: Path, difficulties: list[str], jobs: int, threads: int) -> None:
+    """Run this script once per data set in `jobs` parallel processes of `threads` torch threads each (logs: OUT/<difficulty>.log)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    pending, running = list(difficulties), {}
+    out.mkdir(parents=True, exist_ok=True)
+    while pending or running:
+        while pending and len(running) < jobs:
+            d = pending.pop(0)
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--difficulties", d, "--jobs", "1", "--threads", str(threads)]
+            log(f"{d}: started in its own process ({threads} torch threads), log {out / f'{d}.log'}")
+            with open(out / f"{d}.log", "a") as handle:
+                running[d] = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        time.sleep(2)
+        for d, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[d]
+                if proc.returncode:
+                    raise SystemExit(f"bench_decoders: the {d} process failed (exit {proc.returncode}); see {out / f'{d}.log'}")
+                log(f"{d}: done")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/bench-decoders")
@@ -268,6 +302,8 @@ def main() -> None:
     parser.add_argument("--calibrate-rounds", type=int, default=2, help="interleaved rounds of speed measurements (median)")
     parser.add_argument("--decoders", default=",".join(DECODERS), help="comma-separated subset of " + ", ".join(DECODERS))
     parser.add_argument("--difficulties", default=",".join(DIFFICULTIES), help="comma-separated: normal, hard")
+    parser.add_argument("--jobs", type=int, default=1, help="data sets trained side by side, one process each")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per process (default: cores / jobs)")
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=123)
     args = parser.parse_args()
@@ -281,6 +317,10 @@ def main() -> None:
 
     out = Path(args.out)
     started = time.time()
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+    torch.set_num_threads(threads)
+    if args.jobs > 1 and len(difficulties) > 1:
+        run_side_by_side(out, difficulties, args.jobs, threads)  # every run is then cached: the pass below only reads and reports
     data = {d: prepare_data(out, d, args.images, args.seed) for d in difficulties}
     references = {d: oracle_references(data[d]) for d in difficulties}
     jobs = [(d, name) for d in difficulties for name in decoders]
@@ -291,7 +331,7 @@ def main() -> None:
         return message.strip().splitlines()[0][:120]
 
     xe_speed, errors = measure_speeds({f"{d}/{n}": (data[d], xe_recipe(n, args.calibrate_iters, 1.0)) for d, n in jobs},
-                                      out / "scratch", args.calibrate_iters, args.calibrate_rounds, args.seed, out / "speeds-xe.json")
+                                      out / "scratch", args.calibrate_iters, args.calibrate_rounds, args.seed, {f"{d}/{n}": out / d / n / "speed-xe.json" for d, n in jobs})
     for d, n in jobs:
         try:
             if f"{d}/{n}" in errors:
@@ -303,7 +343,7 @@ def main() -> None:
     if args.sc_budget_s > 0:
         ready = [job for job in jobs if "error" not in done[job]]
         sc_speed, errors = measure_speeds({f"{d}/{n}": (data[d], dict(done[(d, n)]["recipe"], **sc_options(out / d / n, args))) for d, n in ready},
-                                          out / "scratch", args.sc_calibrate_iters, args.calibrate_rounds, args.seed, out / "speeds-scst.json")
+                                          out / "scratch", args.sc_calibrate_iters, args.calibrate_rounds, args.seed, {f"{d}/{n}": out / d / n / "speed-scst.json" for d, n in ready})
         for d, n in ready:
             try:
                 if f"{d}/{n}" in errors:
@@ -315,7 +355,7 @@ def main() -> None:
     rows = [done[job] for job in jobs]
     blind = {r["difficulty"]: r["blind"] for r in rows if "blind" in r}
     command = "python benchmarks/bench_decoders.py " + " ".join(sys.argv[1:])
-    header = (f"{command}\n{datetime.date.today()}, {platform.machine()} CPU, {torch.get_num_threads()} torch threads, "
+    header = (f"{command}\n{datetime.date.today()}, {platform.machine()} CPU, {torch.get_num_threads()} torch threads per process, {max(1, min(args.jobs, len(difficulties)))} data set(s) at a time, "
               f"XE budget {args.budget_s:.0f} s, SCST budget {args.sc_budget_s:.0f} s (SCST lr {args.sc_learning_rate:g}, {args.sc_baseline} baseline) per decoder and data set; "
               f"total {time.time() - started:.0f} s")
     lines = [header, "", table(rows), "", "Reference points (test CIDEr):"]

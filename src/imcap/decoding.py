@@ -37,15 +37,17 @@ def _check_attention(decoder: Decoder) -> None:
         raise ValueError(f"{decoder.__class__.__name__} has no attention weights to return")
 
 
-def decode_steps(decoder: Decoder, feats: Features, max_length: int, choose: Callable[[torch.Tensor], torch.Tensor], attention: bool = False) -> tuple[torch.Tensor, ...]:
-    """Feed back `choose(logprobs)` until every row said <END> (forced after `max_length` words).
+def decode_steps(decoder: Decoder, feats: Features, max_length: int, choose: Callable[[torch.Tensor], torch.Tensor], attention: bool = False, repeats: int = 1) -> tuple[torch.Tensor, ...]:
+    """Feed back `choose(logprobs)` until every row said <END> (forced after `max_length` words), `repeats` rows per image.
 
-    Returns ids (B, L), log-probabilities (B, L) and, with `attention`, the weights (B, L, K) of each step.
+    Returns ids (N, L), log-probabilities (N, L) and, with `attention`, the weights (N, L, K) of each step;
+    N = B * repeats, image-major (row b*repeats + j is caption j of image b).
     """
     if attention:
         _check_attention(decoder)
     batch, device = feature_batch(feats)
-    state = decoder.init_state(feats)
+    batch *= repeats
+    state = decoder.start(feats, repeats)
     tokens = torch.full((batch,), START, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     seqs, logps, alphas = [], [], []
@@ -64,9 +66,9 @@ def decode_steps(decoder: Decoder, feats: Features, max_length: int, choose: Cal
     return (*out, torch.stack(alphas, 1)) if attention else out
 
 
-def greedy(decoder: Decoder, feats: Features, max_length: int = 16, return_attention: bool = False) -> tuple[torch.Tensor, ...]:
-    """Return the arg-max caption ids (B, L), their log-probabilities (B, L) [and attention weights (B, L, K)]."""
-    return decode_steps(decoder, feats, max_length, lambda lp: lp.argmax(dim=1), return_attention)
+def greedy(decoder: Decoder, feats: Features, max_length: int = 16, return_attention: bool = False, repeats: int = 1) -> tuple[torch.Tensor, ...]:
+    """Return the arg-max caption ids (N, L), their log-probabilities (N, L) [and attention weights (N, L, K)]; N = B * repeats."""
+    return decode_steps(decoder, feats, max_length, lambda lp: lp.argmax(dim=1), return_attention, repeats)
 
 
 def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -83,14 +85,14 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch
 
 
 def sample(decoder: Decoder, feats: Features, max_length: int = 16, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-           return_attention: bool = False) -> tuple[torch.Tensor, ...]:
-    """Sample captions; returns ids (B, L), the model's log-probabilities of the sampled ids (B, L) [and attention (B, L, K)]."""
+           return_attention: bool = False, repeats: int = 1) -> tuple[torch.Tensor, ...]:
+    """Sample `repeats` captions per image; returns ids (N, L), the model's log-probabilities of the sampled ids (N, L) [and attention (N, L, K)]; N = B * repeats, image-major."""
 
     def choose(logprobs: torch.Tensor) -> torch.Tensor:
         logits = _filter_top_k_top_p(logprobs.detach() / temperature, top_k, top_p)
         return torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)
 
-    return decode_steps(decoder, feats, max_length, choose, return_attention)
+    return decode_steps(decoder, feats, max_length, choose, return_attention, repeats)
 
 
 def beam_search(decoder: Decoder, feats: Features, beam_size: int = 3, max_length: int = 16, length_penalty: float = 0.0, n_best: int = 1, return_attention: bool = False) -> tuple[torch.Tensor, ...]:
@@ -103,7 +105,7 @@ def beam_search(decoder: Decoder, feats: Features, beam_size: int = 3, max_lengt
         _check_attention(decoder)
     batch, device = feature_batch(feats)
     k = beam_size
-    state = decoder.select_state(decoder.init_state(feats), torch.arange(batch, device=device).repeat_interleave(k))
+    state = decoder.start(feats, k)  # each image's state repeated for its k beams
     tokens = torch.full((batch * k,), START, dtype=torch.long, device=device)
     scores = torch.full((batch, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # one live beam at the start, so the k beams do not repeat each other
@@ -152,11 +154,10 @@ def decode(decoder: Decoder, feats: Features, opts: DecodeOptions, generator: to
     """
     if (opts.beam_size > 1 or opts.n > 1) and not opts.sample:  # n greedy copies would be identical
         return beam_search(decoder, feats, max(opts.beam_size, opts.n), opts.max_length, opts.length_penalty, n_best=opts.n, return_attention=return_attention)
-    feats_n = repeat_features(feats, opts.n)  # (B*n, ...)
     if opts.sample:
-        out = sample(decoder, feats_n, opts.max_length, opts.temperature, opts.top_k, opts.top_p, generator, return_attention)
+        out = sample(decoder, feats, opts.max_length, opts.temperature, opts.top_k, opts.top_p, generator, return_attention, repeats=opts.n)  # (B*n, L)
     else:
-        out = greedy(decoder, feats_n, opts.max_length, return_attention)
+        out = greedy(decoder, feats, opts.max_length, return_attention, repeats=opts.n)
     batch = feature_batch(feats)[0]
     result = (out[0].view(batch, opts.n, -1), out[1].sum(dim=1).view(batch, opts.n))
     return (*result, out[2].view(batch, opts.n, *out[2].shape[1:])) if return_attention else result

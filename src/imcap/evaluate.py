@@ -12,7 +12,7 @@ from imcap.data.features import FeatureStore
 from imcap.data.fingerprint import data_fingerprint
 from imcap.data.loader import CaptionDataset, PreproData, ResumableSampler, make_loader
 from imcap.data.vocab import END, NULL, START, tokenize
-from imcap.decoding import DecodeOptions, decode, repeat_features
+from imcap.decoding import DecodeOptions, decode
 from imcap.errors import ImcapError
 from imcap.losses import caption_loss
 from imcap.models.caption_model import CaptionModel
@@ -61,7 +61,7 @@ def evaluate_split(model: CaptionModel, data: PreproData, split: str, decode_opt
         inputs, targets = teacher_forcing_batch(labels)
         condition = model.condition_for(data, idx.tolist()) if model.conditioned else None
         feats = model.encode_features(images, condition) if features is not None else model.encode(images, condition=condition)
-        logprobs = model.decoder(repeat_features(feats, inputs.size(1)), inputs.flatten(0, 1))  # (B*n, T, V+1)
+        logprobs = model.decoder(feats, inputs.flatten(0, 1), repeats=inputs.size(1))  # (B*n, T, V+1)
         total_loss += float(caption_loss(logprobs, targets))
         batches += 1
         seqs, _ = decode(model.decoder, feats, decode_opts)

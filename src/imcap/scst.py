@@ -19,7 +19,7 @@ import torch
 
 from imcap.data.loader import PreproData
 from imcap.data.vocab import END, NULL
-from imcap.decoding import decode_steps, greedy, repeat_features
+from imcap.decoding import decode_steps, greedy
 from imcap.errors import ImcapError
 from imcap.models.decoder import Decoder, Features
 
@@ -60,8 +60,8 @@ class Samples(NamedTuple):
     entropy: torch.Tensor
 
 
-def sample_with_entropy(decoder: Decoder, feats: Features, max_length: int, temperature: float = 1.0, with_entropy: bool = False) -> Samples:
-    """Sample one caption per row of `feats` (batched); log-probabilities keep their gradient.
+def sample_with_entropy(decoder: Decoder, feats: Features, max_length: int, temperature: float = 1.0, with_entropy: bool = False, repeats: int = 1) -> Samples:
+    """Sample `repeats` captions per image of `feats` (batched, image-major); log-probabilities keep their gradient.
 
     The entropy of each step's distribution is computed only when `with_entropy` (zeros otherwise).
     """
@@ -74,7 +74,7 @@ def sample_with_entropy(decoder: Decoder, feats: Features, max_length: int, temp
         probs = (logprobs.detach().float() / temperature).softmax(dim=1)
         return torch.multinomial(probs, 1).squeeze(1)
 
-    seqs, logps = decode_steps(decoder, feats, max_length, choose)  # (N, L), (N, L)
+    seqs, logps = decode_steps(decoder, feats, max_length, choose, repeats=repeats)  # (N, L), (N, L)
     entropy = torch.stack(entropies, 1) if with_entropy else torch.zeros_like(logps)
     return Samples(seqs, logps, entropy)
 
@@ -94,7 +94,7 @@ def sample_captions(model, inputs: torch.Tensor, k: int, max_length: int, temper
         feats = model.encode_features(inputs, condition=condition)  # (B, ...) or a tuple of them
     else:
         feats = model.encode(inputs, train_backbone, condition=condition)
-    samples = sample_with_entropy(model.decoder, repeat_features(feats, k), max_length, temperature, with_entropy)
+    samples = sample_with_entropy(model.decoder, feats, max_length, temperature, with_entropy, repeats=k)
     return (*samples, _detach(feats))
 
 

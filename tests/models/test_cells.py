@@ -56,3 +56,22 @@ def test_bad_arguments():
         StackedCell("transformer", 2, 2)
     with pytest.raises(ValueError):
         StackedCell("gru", 2, 2, num_layers=0)
+
+
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_step_projected_equals_the_cell_on_the_concatenated_input(rnn_type, layers):
+    """Teacher forcing projects recurrence-free input parts once (split_input + step_projected): same outputs and gradients."""
+    torch.manual_seed(0)
+    cell = StackedCell(rnn_type, 3 + 4, 5, layers, dropout=0.0).double()
+    a, b = torch.randn(4, 3, dtype=torch.float64, requires_grad=True), torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    state = tuple(torch.randn(layers, 4, 5, dtype=torch.float64) for _ in range(state_parts(rnn_type)))
+    expected, expected_state = cell(torch.cat([a, b], dim=1), state)
+    w_a, w_b = cell.split_input((3, 4))
+    out, new_state = cell.step_projected(nn.functional.linear(a, w_a, cell.cells[0].bias_ih) + nn.functional.linear(b, w_b), state)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(new_state, expected_state)
+    grads = torch.autograd.grad(out.sum() + new_state[-1].sum(), [a, b, *cell.parameters()])
+    expected_grads = torch.autograd.grad(expected.sum() + expected_state[-1].sum(), [a, b, *cell.parameters()])
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)

@@ -32,7 +32,7 @@ def test_fused_teacher_forcing_equals_stepping(rnn_type, layers):
     feats = (torch.randn(3, K, C), torch.tensor([[2, 0], [3, 4], [5, 0]]))
     tokens = torch.randint(4, V + 1, (3, 6))
     fused, fused_alphas = m.forward_with_attention(feats, tokens)
-    stepped, stepped_alphas = unroll(m, feats, tokens)
+    stepped, stepped_alphas = unroll(m, m.start(feats), tokens)
     torch.testing.assert_close(fused, stepped, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(fused_alphas, stepped_alphas, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(fused.exp().sum(2), torch.ones(3, 6))

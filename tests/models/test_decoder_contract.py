@@ -6,7 +6,7 @@ import torch
 from imcap.data.vocab import END, NULL, START
 from imcap.decoding import DecodeOptions, beam_search, decode, greedy, sample
 from imcap.models import CoAttention, Decoder, ShowAttendTell, ShowTell, TransformerCaptioner, UpDown
-from imcap.models.decoder import select_rows
+from imcap.models.decoder import repeat_features, select_rows
 from imcap.models.scheduled import unroll
 
 V, C, K = 20, 7, 9
@@ -66,13 +66,36 @@ def test_teacher_forcing_equals_stepping_and_gives_log_probabilities(name):
     assert fused.shape == (3, 6, V + 1)
     torch.testing.assert_close(fused.exp().sum(2), torch.ones(3, 6))
     torch.testing.assert_close(m(feats, tokens), fused)
-    stepped, stepped_alphas = unroll(m, feats, tokens)
+    stepped, stepped_alphas = unroll(m, m.start(feats), tokens)
     torch.testing.assert_close(fused, stepped, atol=1e-5, rtol=1e-4)
     assert (alphas is None) == (stepped_alphas is None) == (not m.has_attention)
     if m.has_attention:
         assert alphas.shape == (3, 6, K)
         torch.testing.assert_close(alphas, stepped_alphas, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(alphas.sum(2), torch.ones(3, 6))
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_repeats_share_the_images_work_and_equal_repeated_features(name):
+    """forward_with_attention(feats, tokens, repeats=n) runs init_state once per image; it must equal teacher forcing
+    on features repeated n times, in values and in the gradient that reaches the features (which the CNN trains on)."""
+    m = make(name).train()  # dropout is 0: train mode only checks that nothing depends on eval
+    feats = features(m, 3)
+    first = feats[0] if isinstance(feats, tuple) else feats
+    first.requires_grad_(True)
+    tokens = torch.randint(4, V + 1, (3 * 4, 6))
+    tokens[:, 0] = START
+    shared, shared_alphas = m.forward_with_attention(feats, tokens, repeats=4)
+    (grad_shared,) = torch.autograd.grad(shared[..., 1:].sum(), first)
+    repeated, repeated_alphas = m.forward_with_attention(repeat_features(feats, 4), tokens)
+    (grad_repeated,) = torch.autograd.grad(repeated[..., 1:].sum(), first)
+    torch.testing.assert_close(shared, repeated, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grad_shared, grad_repeated, atol=1e-5, rtol=1e-4)
+    if m.has_attention:
+        torch.testing.assert_close(shared_alphas, repeated_alphas, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        stepped, _ = unroll(m, m.start(feats, 4), tokens)
+    torch.testing.assert_close(stepped, shared.detach(), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", DECODERS)

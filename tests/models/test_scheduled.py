@@ -36,7 +36,7 @@ def test_unroll_without_sampling_equals_fused_teacher_forcing(image_input):
     m = ShowTell(15, 6, 8, dropout=0.0, image_input=image_input).eval()
     feats, tokens = torch.randn(3, 6), torch.randint(4, 16, (3, 5))
     tokens[:, 0] = START
-    stepped, alphas = unroll(m, feats, tokens)
+    stepped, alphas = unroll(m, m.start(feats), tokens)
     assert alphas is None  # ShowTell has no attention
     torch.testing.assert_close(stepped, m(feats, tokens), atol=1e-5, rtol=1e-4)
 
@@ -54,7 +54,7 @@ def test_unroll_feeds_model_samples_back():
     m.step = spy
     tokens = torch.full((64, 6), 9)
     tokens[:, 0] = START
-    out, _ = unroll(m, torch.randn(64, 6), tokens, ss_prob=1.0)
+    out, _ = unroll(m, m.start(torch.randn(64, 6)), tokens, ss_prob=1.0)
     assert out.shape == (64, 6, 16)
     assert torch.equal(fed[0], tokens[:, 0])  # <START> is never replaced
     assert all((f != 9).any() for f in fed[1:])

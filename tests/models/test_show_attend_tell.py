@@ -93,7 +93,7 @@ def test_greedy_and_sample_return_attention_rows_for_each_token():
 def teacher_forced_alphas(m, feats, seq):
     """The attention weights of one sequence (L,) replayed by teacher forcing."""
     tokens = [t for t in seq.tolist() if t != NULL]
-    return unroll(m, feats, torch.tensor([[START, *tokens[:-1]]]))[1][0]
+    return unroll(m, m.start(feats), torch.tensor([[START, *tokens[:-1]]]))[1][0]
 
 
 @torch.no_grad()

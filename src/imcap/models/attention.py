@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from imcap.models.additive import additive_scores, weighted_sum
 from imcap.models.cells import StackedCell, state_parts
 from imcap.models.decoder import Decoder, State, StepOutput
 
@@ -57,9 +59,9 @@ class ShowAttendTell(Decoder):
 
     def attend(self, h: torch.Tensor, v: torch.Tensor, v_att: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Top hidden state (B, H), annotations (B, K, E) and their projection (B, K, H) -> gated context (B, E), alpha (B, K)."""
-        scores = self.att_w(torch.tanh(v_att + self.att_h(h).unsqueeze(1))).squeeze(2)  # (B, K)
+        scores = additive_scores(v_att, self.att_h(h), self.att_w.weight.view(-1), self.att_w.bias)  # (B, K)
         alpha = scores.softmax(dim=1)
-        context = torch.bmm(alpha.unsqueeze(1), v).squeeze(1)  # (B, E)
+        context = weighted_sum(alpha, v)  # (B, E)
         return torch.sigmoid(self.gate(h)) * context, alpha
 
     def _recur(self, words: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor, State, torch.Tensor]:
@@ -78,16 +80,21 @@ class ShowAttendTell(Decoder):
         out, context, state, alpha = self._recur(self.embed(tokens), state)
         return self._logprobs(out, context), state, alpha
 
-    def teacher_force(self, feats: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Region features (B, K, C) and input tokens (B, T) -> log-probabilities (B, T, V+1), alphas (B, T, K).
+    def teacher_force(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the state before <START> and input tokens (B, T) -> log-probabilities (B, T, V+1), alphas (B, T, K).
 
-        Embedding, output layer and log-softmax run once over all T steps; only the recurrence loops.
+        Embedding, its part of the cell's input projection, output layer and log-softmax run once over all T
+        steps; only the attention and the recurrence loop.
         """
-        state = self.init_state(feats)
         words = self.embed(tokens)  # (B, T, E)
+        e = words.size(2)
+        w_words, w_context = self.cell.split_input((e, e))  # the cell reads [word, context]
+        word_gates = F.linear(words, w_words, self.cell.cells[0].bias_ih)  # (B, T, G): the word part of the input projection, once
+        core, v, v_att = state
         outs, contexts, alphas = [], [], []
-        for t in range(tokens.size(1)):
-            out, context, state, alpha = self._recur(words[:, t], state)
+        for gates in word_gates.unbind(1):  # (B, G) per step; unbind's backward stacks the T gradients once
+            context, alpha = self.attend(core[0][-1], v, v_att)  # (B, E), (B, K)
+            out, core = self.cell.step_projected(gates + F.linear(context, w_context), core)  # (B, H)
             outs.append(out)
             contexts.append(context)
             alphas.append(alpha)

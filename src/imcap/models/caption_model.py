@@ -9,7 +9,7 @@ from torch import nn
 from imcap.errors import ImcapError
 from imcap.models.attention import ShowAttendTell
 from imcap.models.coatt import CoAttention, encode_conditions
-from imcap.models.decoder import Decoder, Features, repeat_features
+from imcap.models.decoder import Decoder, Features
 from imcap.models.encoders import ImageEncoder, build_encoder
 from imcap.models.show_tell import ShowTell
 from imcap.models.transformer import TransformerCaptioner
@@ -109,7 +109,7 @@ class CaptionModel(nn.Module):
         `return_attention`: return (log-probabilities, attention weights (B*n, T, K) or None for decoders without attention).
         """
         feats = self.encode_features(inputs, condition) if from_features else self.encode(inputs, train_backbone, condition)  # once per image
-        logprobs, alphas = self.decoder.forward_with_attention(repeat_features(feats, tokens.size(1)), tokens.flatten(0, 1), ss_prob)
+        logprobs, alphas = self.decoder.forward_with_attention(feats, tokens.flatten(0, 1), ss_prob, repeats=tokens.size(1))  # decoder's per-image work once
         return (logprobs, alphas) if return_attention else logprobs
 
     def backbone_parameters(self) -> list[nn.Parameter]:

@@ -3,11 +3,20 @@
 `StackedCell` is one time step of a multi-layer `nn.LSTM`/`nn.GRU`/`nn.RNN`: the same parameters per
 layer (torch's fused cells, each with its own gate weights), the same state layout
 ((num_layers, B, H) tensors) and dropout on the outputs of every layer but the last.
+
+Teacher forcing can project the parts of the first layer's input that do not depend on the recurrence
+(the word embeddings, an image's mean feature) for all steps at once: `split_input` splits the first
+layer's input weights by input columns, the caller applies each block once to all T steps or per step,
+and `step_projected` runs one step from the summed projection. The result equals calling the cell on the
+concatenated input.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 RNN_CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 
@@ -52,6 +61,46 @@ class StackedCell(nn.Module):
                 cs.append(c)
             else:
                 h = cell(inp, state[0][i])  # (B, H)
+            hs.append(h)
+            inp = h
+        new = (torch.stack(hs), torch.stack(cs)) if self.rnn_type == "lstm" else (torch.stack(hs),)
+        return inp, new
+
+    def split_input(self, sizes: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        """The first layer's input weights (G, I) split by input columns into blocks (G, size), in input order; sizes sum to I."""
+        return self.cells[0].weight_ih.split(list(sizes), dim=1)
+
+    def step_projected(self, gates_in: torch.Tensor, state: CellState) -> tuple[torch.Tensor, CellState]:
+        """One step from the first layer's input projection `gates_in` = W_ih x + b_ih (B, G) -> top output (B, H), next state.
+
+        The same as `self(x, state)`; the caller computes W_ih x block by block (`split_input`), the
+        recurrence-free blocks once for all steps.
+        """
+        first = self.cells[0]
+        h0 = state[0][0]  # (B, H)
+        hidden = F.linear(h0, first.weight_hh, first.bias_hh)  # (B, G)
+        if self.rnn_type == "lstm":
+            i, f, g, o = (gates_in + hidden).chunk(4, dim=1)
+            c = torch.sigmoid(f) * state[1][0] + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            hs, cs = [h], [c]
+        elif self.rnn_type == "gru":
+            ir, iz, in_ = gates_in.chunk(3, dim=1)
+            hr, hz, hn = hidden.chunk(3, dim=1)
+            r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+            n = torch.tanh(in_ + r * hn)
+            hs, cs = [(1 - z) * n + z * h0], []
+        else:
+            pre = gates_in + hidden
+            hs, cs = [torch.tanh(pre) if first.nonlinearity == "tanh" else torch.relu(pre)], []
+        inp = hs[0]
+        for i, cell in enumerate(self.cells[1:], start=1):
+            inp = self.dropout(inp)
+            if self.rnn_type == "lstm":
+                h, c = cell(inp, (state[0][i], state[1][i]))
+                cs.append(c)
+            else:
+                h = cell(inp, state[0][i])
             hs.append(h)
             inp = h
         new = (torch.stack(hs), torch.stack(cs)) if self.rnn_type == "lstm" else (torch.stack(hs),)

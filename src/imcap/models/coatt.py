@@ -128,9 +128,9 @@ class CoAttention(Decoder):
         core = tuple(rnn_state) if isinstance(rnn_state, tuple) else (rnn_state,)
         return torch.log_softmax(logits[:, 0], dim=-1), (core, v, v_att, a), alpha[:, 0]
 
-    def teacher_force(self, feats: Features, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features and input tokens (B, T) -> log-probabilities (B, T, V+1), alphas (B, T, K)."""
-        core, v, v_att, a = self.init_state(feats)
+    def teacher_force(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the state before <START> and input tokens (B, T) -> log-probabilities (B, T, V+1), alphas (B, T, K)."""
+        core, v, v_att, a = state
         o, _ = self.rnn(self.embed(tokens), self._rnn_state(core))  # (B, T, H): one fused call over all steps
         logits, alphas = self._predict(o, v, v_att, a)
         return torch.log_softmax(logits, dim=-1), alphas

@@ -1,16 +1,22 @@
 """The decoder contract: the base class every caption decoder implements and `imcap.decoding` drives.
 
     state = decoder.init_state(feats)                     after reading the image, before <START>
+    state = decoder.start(feats, repeats)                 the same, once per image, each row repeated (B*repeats)
     logprobs, state, alpha = decoder.step(tokens, state)  tokens (B,) -> log p(next word) (B, V+1),
                                                           alpha (B, K) attention weights or None
     state = decoder.select_state(state, index)            rows `index` (N,) of the batch (beam search)
     logprobs = decoder(feats, tokens)                     teacher forcing: tokens (B, T) -> (B, T, V+1)
-    logprobs, alphas = decoder.forward_with_attention(feats, tokens, ss_prob)   alphas (B, T, K) or None
+    logprobs, alphas = decoder.forward_with_attention(feats, tokens, ss_prob, repeats)   alphas (B, T, K) or None
 
 A subclass implements `init_state` and `step`; teacher forcing then steps through the tokens, unless it
-overrides `teacher_force` with a faster pass that gives the same numbers (one fused RNN call, one masked
-transformer pass, or embeddings and output layer applied once over all steps). Scheduled sampling
-(`ss_prob` > 0) always steps, feeding back the model's own samples (models/scheduled.py).
+overrides `teacher_force` with a faster pass from the initial state that gives the same numbers (one
+fused RNN call, one masked transformer pass, or embeddings and output layer applied once over all
+steps). Scheduled sampling (`ss_prob` > 0) always steps, feeding back the model's own samples
+(models/scheduled.py).
+
+Several captions of one image (`repeats`: 5 references per image in training, k samples in SCST) share
+the image's work: `start` runs `init_state` once per image (feature projections, the transformer's
+encoder and its memory keys/values) and then repeats each row of the state with `select_state`.
 
 Every output is a log-probability (log-softmax over the V+1 ids, <NULL> included). What a decoder reads
 and returns is declared on the class: `feature_kind` ("pooled" (B, E) image embeddings or "spatial"
@@ -86,22 +92,35 @@ class Decoder(nn.Module, metaclass=ABCMeta):
     def step(self, tokens: torch.Tensor, state: State) -> StepOutput:
         """Tokens (B,) -> log-probabilities (B, V+1), the next state, attention weights (B, K) or None."""
 
-    def teacher_force(self, feats: Features, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Tokens (B, T) starting with <START> -> log-probabilities (B, T, V+1), attention (B, T, K) or None.
+    def start(self, feats: Features, repeats: int = 1) -> State:
+        """Features (B, ...) -> the state before <START> for `repeats` captions per image (batch B*repeats, image-major).
+
+        `init_state` runs once per image; its rows are then repeated, so the captions share the image's work.
+        """
+        state = self.init_state(feats)
+        if repeats == 1:
+            return state
+        batch, device = feature_batch(feats)
+        return self.select_state(state, torch.arange(batch, device=device).repeat_interleave(repeats))
+
+    def teacher_force(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """From the state before <START> (batch B): tokens (B, T) starting with <START> -> log-probabilities (B, T, V+1), attention (B, T, K) or None.
 
         This default steps once per token; decoders override it with a faster pass that gives the same numbers.
         """
-        return unroll(self, feats, tokens)
+        return unroll(self, state, tokens)
 
-    def forward_with_attention(self, feats: Features, tokens: torch.Tensor, ss_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Teacher forcing (scheduled sampling with probability `ss_prob` > 0): tokens (B, T) -> log-probabilities (B, T, V+1), attention (B, T, K) or None."""
+    def forward_with_attention(self, feats: Features, tokens: torch.Tensor, ss_prob: float = 0.0, repeats: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher forcing (scheduled sampling with probability `ss_prob` > 0) of `repeats` captions per image:
+        features (B, ...) and tokens (B*repeats, T), image-major -> log-probabilities (B*repeats, T, V+1), attention (B*repeats, T, K) or None."""
+        state = self.start(feats, repeats)
         if ss_prob > 0:
-            return unroll(self, feats, tokens, ss_prob)
-        return self.teacher_force(feats, tokens)
+            return unroll(self, state, tokens, ss_prob)
+        return self.teacher_force(state, tokens)
 
-    def forward(self, feats: Features, tokens: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: features (B, ...) and tokens (B, T) starting with <START> -> log-probabilities (B, T, V+1)."""
-        return self.forward_with_attention(feats, tokens)[0]
+    def forward(self, feats: Features, tokens: torch.Tensor, repeats: int = 1) -> torch.Tensor:
+        """Teacher forcing: features (B, ...) and tokens (B*repeats, T) starting with <START> -> log-probabilities (B*repeats, T, V+1)."""
+        return self.forward_with_attention(feats, tokens, repeats=repeats)[0]
 
     def select_state(self, state: State, index: torch.Tensor) -> State:
         """Keep (reorder or repeat) batch rows `index` (N,) of a state -> a state of batch N."""

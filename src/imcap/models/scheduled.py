@@ -14,7 +14,7 @@ import torch
 from imcap.data.vocab import NULL, START
 
 if TYPE_CHECKING:
-    from imcap.models.decoder import Decoder, Features
+    from imcap.models.decoder import Decoder, State
 
 
 def ss_probability(iteration: int, start: int, every: int, increase: float, max_prob: float) -> float:
@@ -36,9 +36,9 @@ def sample_inputs(logprobs: torch.Tensor, truth: torch.Tensor, prob: float) -> t
     return torch.where(use, sampled, truth)
 
 
-def unroll(decoder: Decoder, feats: Features, tokens: torch.Tensor, ss_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Feed `tokens` (B, T) (starting with <START>) one step at a time -> log-probabilities (B, T, V+1), attention (B, T, K) or None."""
-    state = decoder.init_state(feats)
+def unroll(decoder: Decoder, state: State, tokens: torch.Tensor, ss_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """From the state before <START> (`decoder.start(feats)`), feed `tokens` (B, T) (starting with <START>) one step at a time
+    -> log-probabilities (B, T, V+1), attention (B, T, K) or None."""
     outs: list[torch.Tensor] = []
     alphas: list[torch.Tensor] = []
     for t in range(tokens.size(1)):

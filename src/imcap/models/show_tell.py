@@ -69,13 +69,9 @@ class ShowTell(Decoder):
         out, rnn_state = self.rnn(x, self._rnn_state(core))  # (B, T, H)
         return torch.log_softmax(self.logit(self.dropout(out)), dim=-1), (self._core(rnn_state), feats)
 
-    def teacher_force(self, feats: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
-        """Image embeddings (B, E) and input tokens (B, T) starting with <START> -> log-probabilities (B, T, V+1), no attention."""
-        if self.image_input == "every":
-            return self.forward_tokens(tokens, self.init_state(feats))[0], None
-        x = torch.cat([feats.unsqueeze(1), self.embed(tokens)], dim=1)  # (B, T+1, E)
-        out, _ = self.rnn(x)  # (B, T+1, H); step 0 read the image and predicts nothing
-        return torch.log_softmax(self.logit(self.dropout(out[:, 1:])), dim=-1), None  # (B, T, V+1)
+    def teacher_force(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """From the state before <START> and input tokens (B, T) starting with <START> -> log-probabilities (B, T, V+1), no attention."""
+        return self.forward_tokens(tokens, state)[0], None
 
     def step(self, tokens: torch.Tensor, state: State) -> StepOutput:
         """One decoding step: tokens (B,) -> log-probabilities (B, V+1), the next state, no attention."""

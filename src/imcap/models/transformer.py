@@ -230,7 +230,7 @@ class TransformerCaptioner(Decoder):
         h, caches, alpha = self._decode(self._embed(tokens.unsqueeze(1), t), memory, words)  # (B, 1, d)
         return self._logprobs(h[:, 0]), (memory, caches), alpha[:, 0]
 
-    def teacher_force(self, feats: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (B, K, C) and input tokens (B, T) -> log-probabilities (B, T, V+1), cross-attention (B, T, K), in one masked pass."""
-        h, _, alpha = self._decode(self._embed(tokens, 0), self._memory(feats), None)  # (B, T, d)
+    def teacher_force(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the state before <START> (its memory) and input tokens (B, T) -> log-probabilities (B, T, V+1), cross-attention (B, T, K), in one masked pass."""
+        h, _, alpha = self._decode(self._embed(tokens, 0), state[0], None)  # (B, T, d)
         return self._logprobs(h), alpha

@@ -11,14 +11,17 @@ or a CNN grid flattened (the small CNN's S/8 x S/8, ResNet's 7 x 7). They are pr
     p(y_t) = softmax(W_o dropout(h_lang))
 
 Both LSTMs start from zeros. `rnn_type` and `num_layers` apply to each of the two (LSTM, 1 layer in the
-paper). Teacher forcing embeds all words, and applies the output layer and the log-softmax, once over all
-steps; only the two recurrences run step by step.
+paper). Teacher forcing embeds all words, projects the words and the mean feature into the attention
+LSTM's gates, and applies the output layer and the log-softmax, once over all steps; only the attention
+and the two recurrences run step by step.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from imcap.models.additive import additive_scores, weighted_sum
 from imcap.models.cells import StackedCell
 from imcap.models.decoder import Decoder, State, StepOutput
 
@@ -53,11 +56,16 @@ class UpDown(Decoder):
         """Embedded words (B, E) -> the language LSTM's top output (B, H), the next state, alpha (B, K)."""
         att_core, lang_core, v, v_att, v_mean = state
         h_att, att_core = self.att_cell(torch.cat([lang_core[0][-1], v_mean, words], dim=1), att_core)  # (B, H)
-        scores = self.att_w(torch.tanh(v_att + self.att_h(h_att).unsqueeze(1))).squeeze(2)  # (B, K)
-        alpha = scores.softmax(dim=1)
-        attended = torch.bmm(alpha.unsqueeze(1), v).squeeze(1)  # (B, E)
-        h_lang, lang_core = self.lang_cell(torch.cat([attended, h_att], dim=1), lang_core)  # (B, H)
+        h_lang, lang_core, alpha = self._attend_and_speak(h_att, lang_core, v, v_att)
         return h_lang, (att_core, lang_core, v, v_att, v_mean), alpha
+
+    def _attend_and_speak(self, h_att: torch.Tensor, lang_core: State, v: torch.Tensor, v_att: torch.Tensor) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """Attention LSTM output (B, H) -> the language LSTM's top output (B, H), its next state, alpha (B, K)."""
+        scores = additive_scores(v_att, self.att_h(h_att), self.att_w.weight.view(-1), self.att_w.bias)  # (B, K)
+        alpha = scores.softmax(dim=1)
+        attended = weighted_sum(alpha, v)  # (B, E)
+        h_lang, lang_core = self.lang_cell(torch.cat([attended, h_att], dim=1), lang_core)  # (B, H)
+        return h_lang, lang_core, alpha
 
     def _logprobs(self, h_lang: torch.Tensor) -> torch.Tensor:
         """Language LSTM outputs (..., H) -> log-probabilities (..., V+1)."""
@@ -68,13 +76,17 @@ class UpDown(Decoder):
         h_lang, state, alpha = self._recur(self.embed(tokens), state)
         return self._logprobs(h_lang), state, alpha
 
-    def teacher_force(self, feats: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (B, K, C) and input tokens (B, T) -> log-probabilities (B, T, V+1), alphas (B, T, K)."""
-        state = self.init_state(feats)
+    def teacher_force(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the state before <START> and input tokens (B, T) -> log-probabilities (B, T, V+1), alphas (B, T, K)."""
         words = self.embed(tokens)  # (B, T, E): one lookup for all steps
+        att_core, lang_core, v, v_att, v_mean = state
+        e = words.size(2)
+        w_lang, w_mean, w_words = self.att_cell.split_input((self.att_cell.hidden_size, e, e))  # the attention LSTM reads [h_lang, mean v, word]
+        fixed = F.linear(words, w_words) + F.linear(v_mean, w_mean, self.att_cell.cells[0].bias_ih).unsqueeze(1)  # (B, T, G): computed once
         outs, alphas = [], []
-        for t in range(tokens.size(1)):
-            h_lang, state, alpha = self._recur(words[:, t], state)
+        for gates in fixed.unbind(1):  # (B, G) per step; unbind's backward stacks the T gradients once
+            h_att, att_core = self.att_cell.step_projected(gates + F.linear(lang_core[0][-1], w_lang), att_core)  # (B, H)
+            h_lang, lang_core, alpha = self._attend_and_speak(h_att, lang_core, v, v_att)
             outs.append(h_lang)
             alphas.append(alpha)
         return self._logprobs(torch.stack(outs, 1)), torch.stack(alphas, 1)  # (B, T, V+1), (B, T, K)

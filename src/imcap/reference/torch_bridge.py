@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from imcap.errors import ImcapError
+from imcap.models.decoder import Decoder
+from imcap.models.show_tell import ShowTell
 
 COVERED = ("embed.weight", "rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "logit.weight", "logit.bias")
 _TORCH_BLOCK_ORDER = {"lstm": (0, 1, 3, 2), "gru": (0, 1, 2), "rnn": (0,)}  # reference block of each torch block
@@ -99,15 +101,17 @@ def reference_grads(decoder: nn.Module) -> dict[str, np.ndarray]:
     }
 
 
-class ProjectedStart(nn.Module):
+class ProjectedStart(Decoder):
     """A ShowTell decoder started cs231n-style from h0 = features @ W_proj + b_proj and c0 = 0.
 
-    It implements the step interface of imcap.decoding (init_state, step, select_state), so imcap's own
+    It implements the decoder contract (models/decoder.py: init_state, step, select_state), so imcap's own
     greedy/beam decoders run on it, and `loss` is CaptioningRNN.loss in PyTorch.
     """
 
-    def __init__(self, decoder: nn.Module, W_proj: np.ndarray, b_proj: np.ndarray) -> None:
-        super().__init__()
+    state_batch_dims = ShowTell.state_batch_dims  # the wrapped ShowTell's state
+
+    def __init__(self, decoder: ShowTell, W_proj: np.ndarray, b_proj: np.ndarray) -> None:
+        super().__init__(decoder.vocab_size)
         self.cell = _check_decoder(decoder)
         self.decoder = decoder
         dtype = decoder.logit.weight.dtype
