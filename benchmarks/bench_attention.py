@@ -88,6 +88,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=17, help="words per caption, <START> included")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
+    small = [name for name, value in vars(args).items() if value < 1]
+    if small:
+        parser.error(f"--{small[0]} must be >= 1")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.batch} images x {args.captions} captions, K={args.grid ** 2}, C={args.channels}, T={args.steps}")
     rows = args.batch * args.captions
     attention_op(rows, args.grid ** 2, 256, args.repeats)

@@ -314,6 +314,8 @@ def main() -> None:
     unknown = set(decoders) - set(DECODERS) | set(difficulties) - set(DIFFICULTIES)
     if unknown:
         parser.error(f"unknown decoder or difficulty: {', '.join(sorted(unknown))}")
+    if args.jobs < 1 or args.threads < 0:
+        parser.error("--jobs must be >= 1 and --threads >= 0 (0: the cores divided by --jobs)")
 
     out = Path(args.out)
     started = time.time()

@@ -51,9 +51,12 @@ class StackedCell(nn.Module):
 
     def forward(self, x: torch.Tensor, state: CellState) -> tuple[torch.Tensor, CellState]:
         """Input (B, I) and state ((L, B, H), ...) -> top layer output (B, H) and the next state."""
-        hs, cs = [], []
-        inp = x
-        for i, cell in enumerate(self.cells):
+        return self._layers_from(0, x, state, [], [])
+
+    def _layers_from(self, first: int, inp: torch.Tensor, state: CellState, hs: list[torch.Tensor], cs: list[torch.Tensor]) -> tuple[torch.Tensor, CellState]:
+        """Run layers `first`.. on `inp` (B, I) after the outputs `hs` (and cells `cs`) of the layers below -> top output (B, H), next state."""
+        for i in range(first, self.num_layers):
+            cell = self.cells[i]
             if i > 0:
                 inp = self.dropout(inp)
             if self.rnn_type == "lstm":
@@ -93,18 +96,7 @@ class StackedCell(nn.Module):
         else:
             pre = gates_in + hidden
             hs, cs = [torch.tanh(pre) if first.nonlinearity == "tanh" else torch.relu(pre)], []
-        inp = hs[0]
-        for i, cell in enumerate(self.cells[1:], start=1):
-            inp = self.dropout(inp)
-            if self.rnn_type == "lstm":
-                h, c = cell(inp, (state[0][i], state[1][i]))
-                cs.append(c)
-            else:
-                h = cell(inp, state[0][i])
-            hs.append(h)
-            inp = h
-        new = (torch.stack(hs), torch.stack(cs)) if self.rnn_type == "lstm" else (torch.stack(hs),)
-        return inp, new
+        return self._layers_from(1, hs[0], state, hs, cs)
 
     def load_from_rnn(self, rnn: nn.RNNBase) -> None:
         """Copy the weights of an `nn.LSTM`/`nn.GRU`/`nn.RNN` with the same type and sizes."""

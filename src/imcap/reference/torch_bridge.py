@@ -127,10 +127,6 @@ class ProjectedStart(Decoder):
         """One decoding step of the wrapped decoder: tokens (N,) -> log-probabilities (N, V), next state, no attention."""
         return self.decoder.step(tokens, state)
 
-    def select_state(self, state: tuple[torch.Tensor, ...], index: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Keep (and reorder or repeat) batch rows `index` of a state."""
-        return self.decoder.select_state(state, index)
-
     def loss(self, features: torch.Tensor, captions: torch.Tensor, null: int = 0) -> torch.Tensor:
         """Teacher-forced cross-entropy summed over non-<NULL> targets and divided by N (CaptioningRNN.loss)."""
         logprobs, _ = self.decoder.forward_tokens(captions[:, :-1], self.init_state(features))  # (N, T-1, V)
