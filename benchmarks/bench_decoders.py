@@ -5,18 +5,20 @@
 For the normal and the hard synthetic scenes (`imcap synth [--difficulty hard]`, 3000 images, seed 123, 64 px)
 and each decoder (show_tell, show_attend_tell, updown, transformer; all with the small CNN trained with them):
 
-1. speed: short cross-entropy runs of every decoder, interleaved in rounds (median per decoder), measure
-   its training iterations/s; interleaving keeps the speeds comparable when the machine is shared;
-2. XE: train from scratch for the iterations that fill --budget-s seconds at that speed (so every decoder
-   gets the same wall-clock time, not the same iterations), with 4 evenly spaced validations (greedy CIDEr
-   on the 300 validation images; best.pt keeps the best, as neuraltalk2 selects its checkpoint);
+1. speed: short cross-entropy runs of every decoder, interleaved in rounds (median per decoder), estimate
+   how many iterations fill the budget; that count sets the learning-rate schedule (halving from mid-run,
+   the transformer's warm-up) and spaces the validations;
+2. XE: train from scratch for exactly --budget-s seconds of training (`imcap train --max-train-seconds`:
+   every decoder gets the same time, not the same iterations; validation is not counted), validating about
+   4 times at even spacing and at the stop (greedy CIDEr on the 300 validation images; best.pt keeps the
+   best, as neuraltalk2 selects its checkpoint);
 3. score that checkpoint on the test split (300 images): CIDEr with greedy decoding and with beam 3;
-4. SCST: continue from it (`--start-from XE --self-critical-after 0`, --sc-learning-rate, --sc-baseline) for the
-   iterations that fill --sc-budget-s seconds (speeds measured the same way), validate twice, and score the
-   best SCST checkpoint, greedy and beam 3.
+4. SCST: continue from it (`--start-from XE --self-critical-after 0`, --sc-learning-rate, --sc-baseline) for
+   --sc-budget-s seconds of training (schedule from speeds measured the same way), validate twice and at
+   the stop, and score the best SCST checkpoint, greedy and beam 3.
 
-Training images/s is the measured XE speed times the batch size (16 images, 5 captions each). The table
-also shows the seconds each run really trained (on a shared machine they drift from the budget) and each
+Training images/s is the XE run's iterations divided by its training seconds, times the batch size (16
+images, 5 captions each). The table also shows each run's iterations and training seconds and each
 data set's reference points (the blind caption; an oracle caption written from the true scene). It ends
 with the bars of issue 16. OUT/results.json keeps everything; a rerun reuses finished runs and measured
 speeds (delete OUT/<difficulty>/<decoder>/ to redo one).
@@ -85,12 +87,18 @@ def prepare_data(out: Path, difficulty: str, images: int, seed: int) -> Path:
     return data
 
 
-def train_options(data: Path, run: Path, recipe: dict, max_iters: int, seed: int, validations: int = VALIDATIONS, **extra) -> TrainOptions:
+def train_options(data: Path, run: Path, recipe: dict, iters: int, seed: int, validations: int = VALIDATIONS, seconds: float = -1.0, **extra) -> TrainOptions:
     """TrainOptions of one run: the decoder's recipe, the small CNN at 64 px, `validations` evenly spaced validations
-    (greedy CIDEr on the whole validation split; best.pt keeps the best)."""
+    (greedy CIDEr on the whole validation split; best.pt keeps the best).
+
+    The run trains `iters` iterations, or, with `seconds`, exactly that many seconds of training
+    (`--max-train-seconds`: validation not counted); `iters` is then the expected count, which spaces the
+    validations (one more comes at the stop), capped at twice that.
+    """
     opts = dict(
-        data=str(data), checkpoint_path=str(run), cnn="small", batch_size=BATCH, seq_per_img=5, max_iters=max_iters,
-        save_checkpoint_every=max(1, -(-max_iters // validations)), val_images_use=-1, language_eval=True, losses_log_every=1, seed=seed, progress=False,
+        data=str(data), checkpoint_path=str(run), cnn="small", batch_size=BATCH, seq_per_img=5, max_iters=iters if seconds < 0 else 2 * iters,
+        max_train_seconds=seconds, save_checkpoint_every=max(1, -(-iters // validations)), val_images_use=-1, language_eval=True,
+        losses_log_every=1, seed=seed, progress=False,
     )
     opts.update(recipe)
     opts.update(extra)
@@ -98,20 +106,23 @@ def train_options(data: Path, run: Path, recipe: dict, max_iters: int, seed: int
 
 
 def trained(run: Path) -> tuple[int, float]:
-    """(iterations, seconds of training) of a finished run, from its history's last logged step."""
+    """(iterations, seconds of training, validation excluded) of a finished run, from its history's last logged step."""
     last = json.loads((run / "history.json").read_text())["train_loss"][-1]
-    return last["iteration"], last["time"]
+    return last["iteration"], last["train_time"]
 
 
-def finished(run: Path, iters: int) -> bool:
-    """Whether `run` already trained its `iters` iterations (a rerun after a crash in scoring skips it)."""
-    return (run / "last.pt").exists() and (run / "history.json").exists() and trained(run)[0] == iters
+def finished(run: Path, iters: int, seconds: float) -> bool:
+    """Whether `run` already trained its budget of `seconds` (or its cap of 2 x `iters` iterations): a rerun after a crash in scoring skips it."""
+    if not ((run / "last.pt").exists() and (run / "history.json").exists()):
+        return False
+    done_iters, done_seconds = trained(run)
+    return done_seconds >= seconds or done_iters >= 2 * iters
 
 
 def speed(run: Path, skip: int) -> float:
     """Iterations per second of a run after its first `skip` iterations (caches, first batches)."""
     steps = [e for e in json.loads((run / "history.json").read_text())["train_loss"] if e["iteration"] >= skip]
-    (i0, t0), (i1, t1) = (steps[0]["iteration"], steps[0]["time"]), (steps[-1]["iteration"], steps[-1]["time"])
+    (i0, t0), (i1, t1) = (steps[0]["iteration"], steps[0]["train_time"]), (steps[-1]["iteration"], steps[-1]["train_time"])
     return (i1 - i0) / max(t1 - t0, 1e-6)
 
 
@@ -167,16 +178,16 @@ def run_xe(root: Path, data: Path, name: str, rate: float, args: argparse.Namesp
     result_file = root / "xe.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
-    iters = max(10, round(rate * args.budget_s))
+    iters = max(10, round(rate * args.budget_s))  # expected: sets the learning-rate schedule and the validation spacing
     recipe = xe_recipe(name, iters, args.warmup_share)
-    log(f"{root.parent.name}/{name}: {rate:.2f} it/s -> {iters} XE iterations")
+    log(f"{root.parent.name}/{name}: {rate:.2f} it/s -> about {iters} XE iterations in {args.budget_s:g} s")
     run = root / "xe"
-    if not finished(run, iters):
+    if not finished(run, iters, args.budget_s):
         shutil.rmtree(run, ignore_errors=True)
-        train(train_options(data, run, recipe, iters, args.seed))
+        train(train_options(data, run, recipe, iters, args.seed, seconds=args.budget_s))
     xe_iters, xe_seconds = trained(run)
     row = {"decoder": name, "difficulty": root.parent.name, "xe_iters": xe_iters, "xe_seconds": xe_seconds,
-           "images_per_s": rate * BATCH, "recipe": recipe}
+           "images_per_s": xe_iters / xe_seconds * BATCH, "recipe": recipe}
     row["xe_greedy"], row["blind"] = cider(run / "best.pt", 1, root / "eval-xe-greedy")
     row["xe_beam3"], _ = cider(run / "best.pt", 3, root / "eval-xe-beam3")
     log(f"{root.parent.name}/{name}: XE CIDEr greedy {row['xe_greedy']:.3f}, beam 3 {row['xe_beam3']:.3f} ({xe_seconds:.0f} s)")
@@ -195,13 +206,14 @@ def run_scst(root: Path, data: Path, row: dict, rate: float, args: argparse.Name
     if result_file.exists():
         return json.loads(result_file.read_text())
     iters = max(5, round(rate * args.sc_budget_s))
-    log(f"{root.parent.name}/{row['decoder']}: {rate:.2f} SCST it/s -> {iters} SCST iterations")
+    log(f"{root.parent.name}/{row['decoder']}: {rate:.2f} SCST it/s -> about {iters} SCST iterations in {args.sc_budget_s:g} s")
     run = root / "scst"
-    if not finished(run, iters):
+    if not finished(run, iters, args.sc_budget_s):
         shutil.rmtree(run, ignore_errors=True)
-        train(train_options(data, run, dict(row["recipe"], **sc_options(root, args)), iters, args.seed, validations=2))
-    row = dict(row, sc_images_per_s=rate * BATCH)
+        train(train_options(data, run, dict(row["recipe"], **sc_options(root, args)), iters, args.seed, validations=2, seconds=args.sc_budget_s))
+    row = dict(row)
     row["sc_iters"], row["sc_seconds"] = trained(run)
+    row["sc_images_per_s"] = row["sc_iters"] / row["sc_seconds"] * BATCH
     row["sc_greedy"], _ = cider(run / "best.pt", 1, root / "eval-sc-greedy")
     row["sc_beam3"], _ = cider(run / "best.pt", 3, root / "eval-sc-beam3")
     log(f"{root.parent.name}/{row['decoder']}: SCST CIDEr greedy {row['sc_greedy']:.3f}, beam 3 {row['sc_beam3']:.3f}")

@@ -120,3 +120,47 @@ def test_lr_decay_schedule():
     assert decayed_lr(1.0, 10, -1, 5) == 1.0
     assert decayed_lr(1.0, 10, 10, 5) == 1.0
     assert decayed_lr(1.0, 20, 10, 5) == pytest.approx(0.25)
+
+
+class _FakeClock:
+    """Stands in for the engine's `time` module: perf_counter advances one second per call."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+    @staticmethod
+    def time() -> float:
+        return time.time()
+
+
+def test_max_train_seconds_stops_on_training_time_and_resumes(tiny_data, tmp_path, monkeypatch):
+    import imcap.engine
+
+    monkeypatch.setattr(imcap.engine, "time", _FakeClock())
+    run = tmp_path / "run"
+    # one "second" per step; validating (every 3 steps) restarts the clock, so it is not counted
+    train(tiny_train_options(tiny_data, run, max_iters=-1, max_train_seconds=3.5, losses_log_every=1))
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["iteration"] == 4 and ckpt["train_seconds"] == 4.0
+    history = json.loads((run / "history.json").read_text())
+    assert [v["iteration"] for v in history["val"]] == [3, 4]
+    assert history["train_loss"][-1]["train_time"] == 4.0
+    train(tiny_train_options(tiny_data, run, max_iters=-1, max_train_seconds=6.5, resume=True))
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["iteration"] == 7 and ckpt["train_seconds"] == 7.0
+
+
+@pytest.mark.parametrize("value", [0.0, -2.0, float("nan"), float("inf")])
+def test_max_train_seconds_rejects_bad_values(tiny_data, tmp_path, value):
+    with pytest.raises(ImcapError, match="--max-train-seconds"):
+        train(tiny_train_options(tiny_data, tmp_path / "run", max_train_seconds=value))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_needs_some_limit(tiny_data, tmp_path):
+    with pytest.raises(ImcapError, match="--max-train-seconds"):
+        train(tiny_train_options(tiny_data, tmp_path / "run", max_iters=-1))

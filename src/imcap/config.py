@@ -129,6 +129,8 @@ class LoopOptions:
     resume: bool = opt(False, "continue the run in --checkpoint-path exactly where it stopped, with its saved options")
     max_iters: int = opt(-1, "stop after this many iterations (-1: no limit)", min=1, allow=(-1,))
     max_epochs: int = opt(-1, "stop after this many epochs (-1: no limit)", min=1, allow=(-1,))
+    max_train_seconds: float = opt(-1.0, "stop after this many seconds of training (validation and checkpoints not counted; kept across --resume; -1: no limit)",
+                                   gt=0.0, max=1e9, allow=(-1.0,))
     batch_size: int = opt(16, "images per batch", min=1, max=1_000_000)
     val_images_use: int = opt(3200, "validation images per evaluation (-1: all)", min=1, allow=(-1,))
     save_checkpoint_every: int = opt(2500, "validate and checkpoint every this many iterations", min=1)
@@ -137,7 +139,7 @@ class LoopOptions:
 
 
 # Options a `--resume` may change (typed explicitly): they do not change what the run computes.
-RESUME_OVERRIDES = frozenset({"resume", "max_iters", "max_epochs", "save_checkpoint_every", "device", "num_workers", "progress",
+RESUME_OVERRIDES = frozenset({"resume", "max_iters", "max_epochs", "max_train_seconds", "save_checkpoint_every", "device", "num_workers", "progress",
                               "compile", "nproc", "data", "checkpoint_path"})
 
 

@@ -224,6 +224,7 @@ class Engine:
         self.history: dict = {"train_loss": [], "val": [], self.task.history_best_key: None}
         self.best_score, self.best_iteration = -math.inf, -1
         self.saved_iteration: int | None = None
+        self.train_seconds = 0.0  # time spent training (validation and saving excluded), for --max-train-seconds
         self.fingerprint = ckpt.get("data_fingerprint", "") if ckpt else data_fingerprint(opts.data) if opts.data else ""
         self.precision = speed.Precision(self.device, getattr(opts, "amp", False), getattr(opts, "amp_dtype", "auto"))
         if ckpt is not None:
@@ -232,6 +233,7 @@ class Engine:
             if self.cnn_optimizer is not None and ckpt.get("cnn_optimizer") is not None:
                 self.cnn_optimizer.load_state_dict(ckpt["cnn_optimizer"])
             self.iteration, self.epoch, self.position = ckpt["iteration"], ckpt["epoch"], ckpt["position"]
+            self.train_seconds = float(ckpt.get("train_seconds", 0.0))
             self.history = ckpt["history"]
             self.best_score, self.best_iteration = ckpt["best_score"], ckpt["best_iteration"]
             self.precision.load_state_dict(ckpt.get("scaler"))
@@ -294,6 +296,7 @@ class Engine:
             "iteration": self.iteration,
             "epoch": self.epoch,
             "position": self.position,
+            "train_seconds": self.train_seconds,
             "rng": rng_state(),
             "options": dataclasses.asdict(self.opts),
             "data_fingerprint": self.fingerprint,
@@ -331,38 +334,50 @@ class Engine:
     # ------------------------------------------------------------------ the loop
     def done(self) -> bool:
         o = self.opts
-        return (o.max_iters >= 0 and self.iteration >= o.max_iters) or (o.max_epochs >= 0 and self.epoch >= o.max_epochs)
+        return ((o.max_iters >= 0 and self.iteration >= o.max_iters) or (o.max_epochs >= 0 and self.epoch >= o.max_epochs)
+                or (o.max_train_seconds >= 0 and self.train_seconds >= o.max_train_seconds))
+
+    def count_time(self, seconds: float) -> None:
+        """Add `seconds` of training to the run's clock; with several processes they all take the mean, so they stop together."""
+        self.train_seconds += seconds
+        if self.opts.max_train_seconds >= 0 and self.world.distributed:
+            self.train_seconds = distributed.mean_across([self.train_seconds], self.world)[0]
 
     def fit(self) -> Path:
-        """Train until --max-iters / --max-epochs; return the run directory."""
+        """Train until --max-iters / --max-epochs / --max-train-seconds; return the run directory."""
         opts = self.opts
-        if opts.max_iters < 0 and opts.max_epochs < 0:
-            raise ImcapError("give --max-iters or --max-epochs (neuraltalk2 trained forever by default)")
+        if opts.max_iters < 0 and opts.max_epochs < 0 and opts.max_train_seconds < 0:
+            raise ImcapError("give --max-iters, --max-epochs or --max-train-seconds (neuraltalk2 trained forever by default)")
         if self.world.is_main:
             self.run.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.run / "options.json", dataclasses.asdict(opts))
         if self.done() and self.saved_iteration is not None:
-            log.info("%s is already at iteration %d (epoch %d): past --max-iters %d / --max-epochs %d, nothing to train",
-                     self.run, self.iteration, self.epoch, opts.max_iters, opts.max_epochs)
+            log.info("%s is already at iteration %d (epoch %d, %.0f s of training): past --max-iters %d / --max-epochs %d / --max-train-seconds %g, "
+                     "nothing to train", self.run, self.iteration, self.epoch, self.train_seconds, opts.max_iters, opts.max_epochs, opts.max_train_seconds)
         per_epoch = self.task.batches_per_epoch()
-        total = opts.max_iters if opts.max_iters >= 0 else per_epoch * opts.max_epochs
-        if opts.max_iters >= 0 and opts.max_epochs >= 0:
-            total = min(total, per_epoch * opts.max_epochs)
-        bar = progress_bar(total=total, initial=min(self.iteration, total), desc=f"train {self.task.kind}", unit="it",
-                           disable=not opts.progress or not self.world.is_main, every=max(opts.losses_log_every, total // 20))
+        limits = [n for n in (opts.max_iters, per_epoch * opts.max_epochs if opts.max_epochs >= 0 else -1) if n >= 0]
+        total = min(limits) if limits else None  # a time limit alone: the bar counts without a total
+        bar = progress_bar(total=total, initial=min(self.iteration, total or self.iteration), desc=f"train {self.task.kind}", unit="it",
+                           disable=not opts.progress or not self.world.is_main, every=max(opts.losses_log_every, (total or 100) // 20))
         start_time, running = time.time(), None
         while not self.done():
+            clock = time.perf_counter()  # training time runs from here; validation and saving are not counted
             for batch, items in self.task.epoch_batches(self.epoch, self.position):
                 loss = self.train_step(batch)
                 self.iteration += 1
                 self.position += items
+                now = time.perf_counter()
+                self.count_time(now - clock)
+                clock = now
                 running = loss if running is None else 0.95 * running + 0.05 * loss
                 if self.iteration % opts.losses_log_every == 0:
-                    self.history["train_loss"].append({"iteration": self.iteration, "loss": loss, "time": round(time.time() - start_time, 2), **self.last_stats})
+                    self.history["train_loss"].append({"iteration": self.iteration, "loss": loss, "time": round(time.time() - start_time, 2),
+                                                       "train_time": round(self.train_seconds, 2), **self.last_stats})
                 bar.set_postfix(loss=f"{running:.3f}", epoch=self.epoch, **{k: f"{v:.3f}" for k, v in self.last_stats.items() if k in ("reward", "baseline", "acc")})
                 bar.update(1)
                 if self.iteration % opts.save_checkpoint_every == 0 or self.done() or self.task.must_save(self.iteration):
                     self.validate_and_save(bar)
+                    clock = time.perf_counter()
                 if self.done():
                     break
             else:

@@ -38,7 +38,7 @@ class SearchTrainOptions(DeviceOptions, OptimOptions, CnnOptions, LoopOptions):
 
 
 # Options a search `--resume` may change (typed explicitly).
-SEARCH_RESUME_OVERRIDES = frozenset({"resume", "max_iters", "max_epochs", "device", "progress", "save_checkpoint_every", "image_cache_mb", "data", "checkpoint_path"})
+SEARCH_RESUME_OVERRIDES = frozenset({"resume", "max_iters", "max_epochs", "max_train_seconds", "device", "progress", "save_checkpoint_every", "image_cache_mb", "data", "checkpoint_path"})
 
 
 @dataclass
