@@ -53,14 +53,14 @@ def _child(argv: list[str], kill: str) -> int:
 
 
 def _differences(a, b, where: str = "") -> list[str]:
-    """Where two checkpoint values differ (tensors bit for bit); wall-clock times and options are skipped."""
+    """Where two checkpoint values differ (tensors bit for bit); wall-clock and training times and options are skipped."""
     import torch
 
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         same = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
         return [] if same else [where]
     if isinstance(a, dict) and isinstance(b, dict):
-        keys = (set(a) | set(b)) - {"time", "options"}
+        keys = (set(a) | set(b)) - {"time", "train_time", "train_seconds", "options"}
         return [d for k in sorted(keys, key=str) for d in _differences(a.get(k), b.get(k), f"{where}/{k}")]
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if len(a) != len(b):
