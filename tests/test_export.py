@@ -162,6 +162,12 @@ def test_export_is_atomic_and_never_overwrites_by_accident(capsys, tiny_run, exp
     code, _, err = run(capsys, "export", "--model", tiny_run, "--out", tmp_path / "notes", "--overwrite")
     assert code == 2 and "not an imcap export folder" in one_line_error(err)
     assert run(capsys, "export", "--model", exported, "--out", out, "--overwrite")[0] == 0  # re-export of an export
+    (out / "eval-test").mkdir()  # what `imcap eval --model EXPORT` writes beside the export
+    (out / "eval-test" / "metrics.json").write_text("{}")
+    code, _, err = run(capsys, "export", "--model", tiny_run, "--out", out, "--overwrite")
+    assert code == 2 and "eval-test/" in one_line_error(err) and (out / "eval-test" / "metrics.json").exists()
+    shutil.rmtree(out / "eval-test")
+    assert run(capsys, "export", "--model", tiny_run, "--out", out, "--overwrite")[0] == 0
     before = (out / "config.json").read_bytes()
 
     def fail(*args):

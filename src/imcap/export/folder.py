@@ -126,6 +126,12 @@ def write_export(out: str | Path, model: CaptionModel, vocab: Vocab, info: dict,
         raise ImcapError(f"--out {out}: folder exists and is not empty (pass --overwrite to replace an earlier export)")
     if replacing and not (out / CONFIG).is_file():
         raise ImcapError(f"--out {out}: not an imcap export folder (no {CONFIG}); refusing to replace it")
+    if replacing:
+        foreign = _not_exported(out)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise ImcapError(f"--out {out}: holds files the export did not write ({shown}); move them out of the folder, "
+                             "then --overwrite replaces the export")
 
     def fill(tmp: Path) -> None:
         write_weights(model, tmp / WEIGHTS)
@@ -140,6 +146,16 @@ def write_export(out: str | Path, model: CaptionModel, vocab: Vocab, info: dict,
     with reporting_disk_errors(out):
         _replace_folder(out, fill)
     return out
+
+
+def _not_exported(out: Path) -> list[str]:
+    """Entries of an export folder that the export did not write (e.g. `imcap eval`'s eval-test/): names, folders with a slash."""
+    try:
+        written = set(json.loads((out / CONFIG).read_text(encoding="utf-8")).get("files", {}))
+    except (OSError, ValueError, AttributeError):
+        written = set()
+    written |= {CONFIG, CARD}
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if p.name not in written)
 
 
 def _replace_folder(out: Path, fill: Callable[[Path], None]) -> None:
