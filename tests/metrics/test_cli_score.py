@@ -94,3 +94,14 @@ def test_errors(tmp_path, capsys):
         assert run(*args) == 2, args
         err = capsys.readouterr().err
         assert err.startswith("imcap: error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_a_named_metric_that_cannot_run_is_an_error_after_the_other_scores(tmp_path, capsys):
+    refs, preds = write(tmp_path / "refs.json", REFS), write(tmp_path / "preds.json", PREDS)
+    missing = str(tmp_path / "none.jar")
+    code = run("--refs", refs, "--preds", preds, "--metrics", "CIDEr", "METEOR", "--meteor-jar", missing, "--out", str(tmp_path / "out.json"))
+    out, err = capsys.readouterr()
+    assert code == 2 and "CIDEr" in out
+    assert err.count("imcap: error:") == 1 and "asked for METEOR" in err and "none.jar" in err
+    assert json.loads((tmp_path / "out.json").read_text())["metrics"]["CIDEr"] == pytest.approx(expected()["CIDEr"])
+    assert run("--refs", refs, "--preds", preds, "--meteor-jar", missing, "--spice-jar", missing) == 0  # the default set only notes it

@@ -157,4 +157,8 @@ def run(refs_path: str, preds_path: str, metrics: list[str] | None = None, per_i
         write_json(out, {"metrics": result.corpus, "images": len(preds), "skipped": result.skipped})
     if per_image:
         write_json(per_image, {str(k): v for k, v in result.per_image.items()})
+    if metrics and result.skipped:  # named in --metrics: not computing it is an error (the default set only notes it)
+        name, why = next(iter(result.skipped.items()))
+        raise ImcapError(f"--metrics asked for {', '.join(result.skipped)}, which could not run ({name}: {why}); "
+                         "the other scores are above" + (" and in the files written" if out or per_image else ""))
     return 0
