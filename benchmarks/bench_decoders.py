@@ -58,6 +58,7 @@ from imcap.train import train  # noqa: E402
 DECODERS = ("show_tell", "show_attend_tell", "updown", "transformer")
 DIFFICULTIES = ("normal", "hard")
 BATCH = 16
+ITERS_CAP = 2  # a timed run stops at this many times its expected iterations, whatever time is left
 VALIDATIONS = 4  # per XE run (SCST: 2); test scores are those of the checkpoint with the best validation CIDEr
 # Per-decoder hyperparameters. The RNN decoders as imcap's demo: embeddings and features of 256, LSTMs of
 # 256 units, dropout 0.2, Adam 1e-3 halved from mid-run; updown's two LSTMs have 192 units, so that its
@@ -93,10 +94,10 @@ def train_options(data: Path, run: Path, recipe: dict, iters: int, seed: int, va
 
     The run trains `iters` iterations, or, with `seconds`, exactly that many seconds of training
     (`--max-train-seconds`: validation not counted); `iters` is then the expected count, which spaces the
-    validations (one more comes at the stop), capped at twice that.
+    validations (one more comes at the stop), capped at ITERS_CAP times that.
     """
     opts = dict(
-        data=str(data), checkpoint_path=str(run), cnn="small", batch_size=BATCH, seq_per_img=5, max_iters=iters if seconds < 0 else 2 * iters,
+        data=str(data), checkpoint_path=str(run), cnn="small", batch_size=BATCH, seq_per_img=5, max_iters=iters if seconds < 0 else ITERS_CAP * iters,
         max_train_seconds=seconds, save_checkpoint_every=max(1, -(-iters // validations)), val_images_use=-1, language_eval=True,
         losses_log_every=1, seed=seed, progress=False,
     )
@@ -112,11 +113,11 @@ def trained(run: Path) -> tuple[int, float]:
 
 
 def finished(run: Path, iters: int, seconds: float) -> bool:
-    """Whether `run` already trained its budget of `seconds` (or its cap of 2 x `iters` iterations): a rerun after a crash in scoring skips it."""
+    """Whether `run` already trained its budget of `seconds` (or its cap of ITERS_CAP x `iters` iterations): a rerun after a crash in scoring skips it."""
     if not ((run / "last.pt").exists() and (run / "history.json").exists()):
         return False
     done_iters, done_seconds = trained(run)
-    return done_seconds >= seconds or done_iters >= 2 * iters
+    return done_seconds >= seconds or done_iters >= ITERS_CAP * iters
 
 
 def speed(run: Path, skip: int) -> float:
