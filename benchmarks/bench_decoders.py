@@ -320,6 +320,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=123)
     args = parser.parse_args()
+    if not (math.isfinite(args.budget_s) and args.budget_s > 0) or not (math.isfinite(args.sc_budget_s) and (args.sc_budget_s >= 0 or args.sc_budget_s == -1)):
+        parser.error(f"--budget-s must be a number of seconds > 0 and --sc-budget-s >= 0 (0: no SCST; -1: half of --budget-s) "
+                     f"(got {args.budget_s:g} and {args.sc_budget_s:g})")
     if args.sc_budget_s < 0:
         args.sc_budget_s = args.budget_s / 2
     decoders = [d for d in args.decoders.split(",") if d]
